@@ -1,0 +1,145 @@
+"""The contract between the scheduler and a backend.
+
+The scheduler hands an instance a list of `Work` items (one per request, in queue order);
+the instance returns one result per item: its outputs, or a ServerError for that item alone.
+Instances run on their own thread; nothing here touches the event loop.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from torchtide import batching
+from torchtide.config import ModelConfig, ModelSpec
+from torchtide.errors import ServerError, Status, internal
+
+Array = np.ndarray[Any, Any]
+Outputs = dict[str, Array]
+Result = Outputs | ServerError
+
+
+@dataclass(slots=True, eq=False)
+class Work:
+    """One request as an instance sees it."""
+
+    inputs: dict[str, Array]
+    rows: int  # rows along the batch dimension (1 when the model does not batch)
+    output_names: list[str]
+    request_id: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+    cancelled: bool = False
+
+
+@dataclass(slots=True)
+class Timing:
+    """Nanoseconds spent in each stage of one execution (Triton's compute_* split)."""
+
+    input_ns: int = 0
+    infer_ns: int = 0
+    output_ns: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceInfo:
+    name: str  # Triton's "<group>_<index>", e.g. "add_sub_0_0"
+    kind: str  # "CPU" or "GPU"
+    device_id: int
+
+    @property
+    def device(self) -> str:
+        return f"cuda:{self.device_id}" if self.kind == "GPU" else "cpu"
+
+
+@dataclass(frozen=True, slots=True)
+class LoadContext:
+    config: ModelConfig
+    spec: ModelSpec
+    model_dir: Path  # <repository>/<model>
+    version: int
+    model_file: Path
+    instance: InstanceInfo
+
+
+class ModelInstance(ABC):
+    """One loaded copy of a model on one device."""
+
+    @abstractmethod
+    def execute(self, work: list[Work], timing: Timing) -> list[Result]: ...
+
+    def finalize(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+
+class Backend(ABC):
+    name: str
+
+    def auto_complete(self, cfg: ModelConfig, model_file: Path, model_dir: Path) -> None:  # noqa: B027
+        """Fill missing inputs/outputs (and batching) from the model file."""
+
+    @abstractmethod
+    def load(self, ctx: LoadContext) -> ModelInstance: ...
+
+
+class TensorInstance(ModelInstance):
+    """Backends that run one merged batch: merge, run, split — and when a batch of several
+    requests fails, retry each alone so only the culprits fail (beyond Triton)."""
+
+    batched: bool = True
+
+    @abstractmethod
+    def run(self, inputs: dict[str, Array], output_names: list[str]) -> Outputs: ...
+
+    def execute(self, work: list[Work], timing: Timing) -> list[Result]:
+        live = [w for w in work if not w.cancelled]
+        if not live:
+            return [_cancelled() for _ in work]
+        names = _union_outputs(live)
+        try:
+            results: list[Result] = list(self._run_batch(live, names, timing))
+        except Exception as e:  # noqa: BLE001 - any model failure becomes a per-request error
+            if len(live) == 1:
+                results = [_as_error(e)]
+            else:
+                results = []
+                for w in live:
+                    try:
+                        results.extend(self._run_batch([w], names, timing))
+                    except Exception as e1:  # noqa: BLE001
+                        results.append(_as_error(e1))
+        it = iter(results)
+        return [_cancelled() if w.cancelled else next(it) for w in work]
+
+    def _run_batch(self, work: list[Work], names: list[str], timing: Timing) -> list[Outputs]:
+        t0 = time.perf_counter_ns()
+        merged = batching.merge([w.inputs for w in work]) if self.batched else work[0].inputs
+        t1 = time.perf_counter_ns()
+        out = self.run(merged, names)
+        t2 = time.perf_counter_ns()
+        parts = batching.split(out, [w.rows for w in work]) if self.batched else [out]
+        timing.input_ns += t1 - t0
+        timing.infer_ns += t2 - t1
+        timing.output_ns += time.perf_counter_ns() - t2
+        return parts
+
+
+def _union_outputs(work: list[Work]) -> list[str]:
+    names: dict[str, None] = {}
+    for w in work:
+        names.update(dict.fromkeys(w.output_names))
+    return list(names)
+
+
+def _cancelled() -> ServerError:
+    return ServerError(Status.CANCELLED, "request cancelled")
+
+
+def _as_error(e: Exception) -> ServerError:
+    if isinstance(e, ServerError):
+        return e
+    return internal(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)

@@ -1,0 +1,132 @@
+"""ONNX Runtime backend: `model.onnx`, session options from the config, inputs/outputs auto-completed
+from the graph."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from tritonclient.grpc import model_config_pb2 as mc
+
+from torchtide import dtypes
+from torchtide.backends.base import Array, Backend, LoadContext, Outputs, TensorInstance
+from torchtide.config import ConfigError, ModelConfig, parameter
+
+DEFAULT_AUTOCOMPLETE_MAX_BATCH = 4  # Triton's default-max-batch-size
+
+_ORT_WIRE = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+    "tensor(bfloat16)": "BF16",
+}
+
+
+def _session_options(cfg: ModelConfig) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    intra = parameter(cfg, "intra_op_thread_count") or parameter(cfg, "NUM_THREADS")
+    if intra:
+        opts.intra_op_num_threads = int(intra)
+    inter = parameter(cfg, "inter_op_thread_count")
+    if inter:
+        opts.inter_op_num_threads = int(inter)
+    if parameter(cfg, "execution_mode") == "1":
+        opts.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+    level = cfg.optimization.graph.level
+    opts.graph_optimization_level = {
+        -1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        1: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    }.get(level, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    if parameter(cfg, "enable_mem_pattern") == "0":
+        opts.enable_mem_pattern = False
+    if parameter(cfg, "enable_mem_arena") == "0":
+        opts.enable_cpu_mem_arena = False
+    return opts
+
+
+def _providers(device: str) -> list[Any]:
+    if device.startswith("cuda"):
+        return [("CUDAExecutionProvider", {"device_id": int(device.split(":")[1])}),
+                "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class OnnxBackend(Backend):
+    name = "onnxruntime"
+
+    def auto_complete(self, cfg: ModelConfig, model_file: Path, model_dir: Path) -> None:
+        if cfg.input and cfg.output:
+            return
+        sess = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+        ins, outs = sess.get_inputs(), sess.get_outputs()
+        batchable = all(len(a.shape) > 0 and not isinstance(a.shape[0], int) for a in ins + outs)
+        if cfg.max_batch_size == 0 and batchable:
+            cfg.max_batch_size = DEFAULT_AUTOCOMPLETE_MAX_BATCH
+            if not cfg.HasField("dynamic_batching"):
+                cfg.dynamic_batching.SetInParent()
+        skip = 1 if cfg.max_batch_size > 0 else 0
+
+        def fill(tensors: Any, arg: Any) -> None:
+            wire = _ORT_WIRE.get(arg.type)
+            if wire is None:
+                raise ConfigError(f"{model_file}: tensor '{arg.name}' has unsupported type {arg.type}")
+            dims = [d if isinstance(d, int) and d > 0 else -1 for d in arg.shape[skip:]]
+            tensors.add(
+                name=arg.name, data_type=mc.DataType.Value(dtypes.BY_WIRE[wire].config), dims=dims
+            )
+
+        if not cfg.input:
+            for a in ins:
+                fill(cfg.input, a)
+        if not cfg.output:
+            for a in outs:
+                fill(cfg.output, a)
+
+    def load(self, ctx: LoadContext) -> OnnxInstance:
+        return OnnxInstance(ctx)
+
+
+class OnnxInstance(TensorInstance):
+    def __init__(self, ctx: LoadContext) -> None:
+        self.batched = ctx.spec.max_batch_size > 0
+        self.session = ort.InferenceSession(
+            str(ctx.model_file), _session_options(ctx.config), providers=_providers(ctx.instance.device)
+        )
+        graph_inputs = {a.name: a for a in self.session.get_inputs()}
+        graph_outputs = {a.name for a in self.session.get_outputs()}
+        for name in ctx.spec.inputs:
+            if name not in graph_inputs:
+                raise ConfigError(
+                    f"{ctx.model_file}: input '{name}' is not an input of the model "
+                    f"(graph inputs: {', '.join(graph_inputs)})"
+                )
+        for name in ctx.spec.outputs:
+            if name not in graph_outputs:
+                raise ConfigError(
+                    f"{ctx.model_file}: output '{name}' is not an output of the model "
+                    f"(graph outputs: {', '.join(sorted(graph_outputs))})"
+                )
+        self.spec = ctx.spec
+
+    def run(self, inputs: dict[str, Array], output_names: list[str]) -> Outputs:
+        feed = {n: (a.astype(np.str_) if a.dtype == np.object_ else a) for n, a in inputs.items()}
+        values = self.session.run(output_names, feed)
+        out: Outputs = {}
+        for name, v in zip(output_names, values, strict=True):
+            arr = np.asarray(v)
+            if arr.dtype.kind == "U":
+                arr = np.vectorize(lambda s: s.encode("utf-8"), otypes=[object])(arr)
+            out[name] = arr
+        return out

@@ -1,0 +1,239 @@
+"""Python backend: Triton's `TritonPythonModel` API, run in-process on the instance's thread.
+
+Each instance imports its own copy of `model.py` (Triton gives each instance its own stub process,
+so module globals must not be shared). Tensors wrap the request's numpy arrays without copying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import inspect
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from google.protobuf import json_format
+
+from torchtide.backends.base import (
+    Array,
+    Backend,
+    LoadContext,
+    ModelInstance,
+    Outputs,
+    Result,
+    TensorInstance,
+    Timing,
+    Work,
+)
+from torchtide.config import ConfigError, ModelConfig, parameter, to_json_dict
+from torchtide.errors import ServerError, Status, internal
+
+STACKED_BATCH_PARAM = "TORCHTIDE_STACKED_BATCH"
+
+_CODE_STATUS = {
+    pb_utils.TritonError.UNKNOWN: Status.UNKNOWN,
+    pb_utils.TritonError.INTERNAL: Status.INTERNAL,
+    pb_utils.TritonError.NOT_FOUND: Status.NOT_FOUND,
+    pb_utils.TritonError.INVALID_ARG: Status.INVALID_ARG,
+    pb_utils.TritonError.UNAVAILABLE: Status.UNAVAILABLE,
+    pb_utils.TritonError.UNSUPPORTED: Status.UNSUPPORTED,
+    pb_utils.TritonError.ALREADY_EXISTS: Status.ALREADY_EXISTS,
+    pb_utils.TritonError.CANCELLED: Status.CANCELLED,
+}
+_BF16 = 14  # TRITONSERVER_TYPE_BF16
+_module_counter = 0
+
+
+def import_model_module(path: Path, tag: str) -> ModuleType:
+    """Import `model.py` as a fresh module object (one per instance)."""
+    global _module_counter
+    _module_counter += 1
+    name = f"_torchtide_model_{tag}_{_module_counter}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"{path}: cannot import")
+    module = importlib.util.module_from_spec(spec)
+    folder = str(path.parent)
+    if folder not in sys.path:
+        sys.path.append(folder)  # Triton lets model.py import files beside it
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        raise ConfigError(f"{path}: import failed: {type(e).__name__}: {e}") from None
+    if not hasattr(module, "TritonPythonModel"):
+        raise ConfigError(f"{path}: defines no class TritonPythonModel")
+    return module
+
+
+class PythonBackend(Backend):
+    name = "python"
+
+    def auto_complete(self, cfg: ModelConfig, model_file: Path, model_dir: Path) -> None:
+        if not model_file.is_file():
+            return
+        cls = import_model_module(model_file, "autocomplete").TritonPythonModel
+        hook = getattr(cls, "auto_complete_config", None)
+        if hook is None:
+            return
+        try:
+            completed = hook(pb_utils.ModelConfig(to_json_dict(cfg)))
+            as_dict = completed.as_dict()
+        except Exception as e:
+            raise ConfigError(f"{model_file}: auto_complete_config failed: {e}") from None
+        cfg.Clear()
+        json_format.ParseDict(as_dict, cfg)
+
+    def load(self, ctx: LoadContext) -> ModelInstance:
+        if ctx.config.model_transaction_policy.decoupled:
+            raise ConfigError(
+                f"{ctx.model_file}: model_transaction_policy.decoupled: decoupled models are not "
+                "supported by torchtide yet"
+            )
+        if parameter(ctx.config, STACKED_BATCH_PARAM).lower() in ("1", "true", "yes"):
+            return StackedPythonInstance(ctx)
+        return PythonInstance(ctx)
+
+
+class _PythonModel:
+    """Owns the TritonPythonModel object and a private event loop for `async def` methods."""
+
+    def __init__(self, ctx: LoadContext) -> None:
+        module = import_model_module(ctx.model_file, f"{ctx.spec.name}_{ctx.instance.name}")
+        self.model = module.TritonPythonModel()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.spec = ctx.spec
+        args = {
+            "model_config": json.dumps(to_json_dict(ctx.config)),
+            "model_instance_kind": ctx.instance.kind,
+            "model_instance_name": ctx.instance.name,
+            "model_instance_device_id": str(ctx.instance.device_id),
+            "model_repository": str(ctx.model_dir),
+            "model_version": str(ctx.version),
+            "model_name": ctx.spec.name,
+        }
+        if hasattr(self.model, "initialize"):
+            try:
+                self.call(self.model.initialize, args)
+            except Exception as e:
+                raise ConfigError(
+                    f"{ctx.model_file}: initialize() failed: {type(e).__name__}: {e}"
+                ) from None
+
+    def call(self, fn: Any, *args: Any) -> Any:
+        result = fn(*args)
+        if inspect.isawaitable(result):
+            if self.loop is None:
+                self.loop = asyncio.new_event_loop()
+            result = self.loop.run_until_complete(result)
+        return result
+
+    def finalize(self) -> None:
+        if hasattr(self.model, "finalize"):
+            self.call(self.model.finalize)
+        if self.loop is not None:
+            self.loop.close()
+
+    def make_request(self, w: Work) -> Any:
+        tensors = [_to_pb_tensor(n, a, self.spec.inputs[n].datatype) for n, a in w.inputs.items()]
+        req = pb_utils.InferenceRequest(
+            model_name=self.spec.name,
+            inputs=tensors,
+            requested_output_names=w.output_names,
+            request_id=w.request_id,
+            parameters=w.parameters,
+        )
+        req._cancel_check = lambda: w.cancelled
+        return req
+
+
+def _to_pb_tensor(name: str, arr: Array, wire: str) -> Any:
+    if wire == "BF16":
+        return pb_utils.Tensor._from_bf16_bits(name, arr)
+    return pb_utils.Tensor(name, arr)
+
+
+def _from_response(resp: Any, wanted: list[str]) -> Result:
+    if resp is None:
+        return internal("execute() returned None instead of an InferenceResponse")
+    if resp.has_error():
+        err = resp.error()
+        return ServerError(_CODE_STATUS.get(err.code(), Status.INTERNAL), err.message())
+    out: Outputs = {}
+    for t in resp.output_tensors():
+        name = t.name()
+        if name not in wanted:
+            continue
+        out[name] = t._bf16_bits() if t.triton_dtype() == _BF16 else np.asarray(t.as_numpy())
+    return out
+
+
+class PythonInstance(ModelInstance):
+    """Triton's contract: N requests in, N responses out, an error per response."""
+
+    def __init__(self, ctx: LoadContext) -> None:
+        self.pm = _PythonModel(ctx)
+
+    def execute(self, work: list[Work], timing: Timing) -> list[Result]:
+        import time
+
+        t0 = time.perf_counter_ns()
+        live = [w for w in work if not w.cancelled]
+        requests = [self.pm.make_request(w) for w in live]
+        t1 = time.perf_counter_ns()
+        try:
+            responses = self.pm.call(self.pm.model.execute, requests) if requests else []
+        except Exception as e:  # noqa: BLE001 - an exception fails every request of this call
+            err = _exception_error(e)
+            responses = None
+        t2 = time.perf_counter_ns()
+        if responses is None:
+            results: list[Result] = [err for _ in live]
+        elif not isinstance(responses, (list, tuple)) or len(responses) != len(live):
+            n = len(responses) if isinstance(responses, (list, tuple)) else type(responses).__name__
+            msg = f"execute() must return one InferenceResponse per request: got {n} for {len(live)}"
+            results = [internal(msg) for _ in live]
+        else:
+            results = [_from_response(r, w.output_names) for r, w in zip(responses, live, strict=True)]
+        it = iter(results)
+        final = [ServerError(Status.CANCELLED, "request cancelled") if w.cancelled else next(it)
+                 for w in work]
+        timing.input_ns += t1 - t0
+        timing.infer_ns += t2 - t1
+        timing.output_ns += time.perf_counter_ns() - t2
+        return final
+
+    def finalize(self) -> None:
+        self.pm.finalize()
+
+
+def _exception_error(e: Exception) -> ServerError:
+    if isinstance(e, pb_utils.TritonModelException):
+        return internal(str(e))
+    return internal(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+
+
+class StackedPythonInstance(TensorInstance):
+    """Opt-in (beyond Triton): execute() receives one request holding the whole stacked batch
+    and returns one response, which the server splits back by rows."""
+
+    def __init__(self, ctx: LoadContext) -> None:
+        self.pm = _PythonModel(ctx)
+        self.batched = ctx.spec.max_batch_size > 0
+
+    def run(self, inputs: dict[str, Array], output_names: list[str]) -> Outputs:
+        request = self.pm.make_request(Work(inputs=inputs, rows=0, output_names=output_names))
+        responses = self.pm.call(self.pm.model.execute, [request])
+        if not isinstance(responses, (list, tuple)) or len(responses) != 1:
+            raise internal("execute() must return a list with one InferenceResponse in stacked mode")
+        result = _from_response(responses[0], output_names)
+        if isinstance(result, ServerError):
+            raise result
+        return result
+
+    def finalize(self) -> None:
+        self.pm.finalize()

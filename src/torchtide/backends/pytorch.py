@@ -1,0 +1,169 @@
+"""PyTorch backend: TorchScript `model.pt` (platform pytorch_libtorch) and torch.export `model.pt2`.
+
+Input names follow Triton's PyTorch backend: `<name>__<index>` binds by position, otherwise
+forward-argument names bind by name. Outputs `<name>__<index>` index the returned tuple;
+a dict return binds by key; a single tensor is output 0.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tritonclient.grpc import model_config_pb2 as mc
+
+from torchtide import dtypes
+from torchtide.backends.base import Array, Backend, LoadContext, Outputs, TensorInstance
+from torchtide.config import ConfigError, ModelConfig, parameter
+from torchtide.errors import internal
+
+_INDEXED = re.compile(r"^(.*)__(\d+)$")
+DEFAULT_AUTOCOMPLETE_MAX_BATCH = 4  # Triton's --backend-config default-max-batch-size
+
+
+class PyTorchBackend(Backend):
+    name = "pytorch"
+
+    def auto_complete(self, cfg: ModelConfig, model_file: Path, model_dir: Path) -> None:
+        if cfg.input and cfg.output:
+            return
+        if model_file.suffix != ".pt2":
+            if not cfg.input or not cfg.output:
+                raise ConfigError(
+                    f"{model_dir / 'config.pbtxt'}: input/output: a TorchScript model does not "
+                    "record its tensor names and shapes; list them in config.pbtxt "
+                    "(or serve a torch.export program, model.pt2, which does)"
+                )
+            return
+        ep = torch.export.load(str(model_file))
+        _complete_from_export(cfg, ep)
+
+    def load(self, ctx: LoadContext) -> PyTorchInstance:
+        return PyTorchInstance(ctx)
+
+
+def _complete_from_export(cfg: ModelConfig, ep: Any) -> None:
+    from torch.export.graph_signature import InputKind
+
+    placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
+    user_inputs = [s for s in ep.graph_signature.input_specs if s.kind == InputKind.USER_INPUT]
+    in_vals = [placeholders[s.arg.name].meta["val"] for s in user_inputs]
+    out_node = next(n for n in ep.graph.nodes if n.op == "output")
+    out_vals = [a.meta["val"] for a in out_node.args[0]]
+    vals = in_vals + out_vals
+    batchable = bool(vals) and all(v.dim() > 0 and not isinstance(v.shape[0], int) for v in vals)
+    if cfg.max_batch_size == 0 and batchable:
+        cfg.max_batch_size = DEFAULT_AUTOCOMPLETE_MAX_BATCH
+        if not cfg.HasField("dynamic_batching"):
+            cfg.dynamic_batching.SetInParent()
+    skip = 1 if cfg.max_batch_size > 0 else 0
+
+    def fill(tensors: Any, name: str, val: Any) -> None:
+        wire = dtypes.wire_of_torch(val.dtype)
+        if wire is None:
+            raise ConfigError(f"tensor '{name}': unsupported dtype {val.dtype}")
+        dims = [d if isinstance(d, int) else -1 for d in val.shape[skip:]]
+        tensors.add(name=name, data_type=mc.DataType.Value(dtypes.BY_WIRE[wire].config), dims=dims)
+
+    if not cfg.input:
+        for s, v in zip(user_inputs, in_vals, strict=True):
+            fill(cfg.input, s.arg.name, v)
+    if not cfg.output:
+        for i, v in enumerate(out_vals):
+            fill(cfg.output, f"OUTPUT__{i}", v)
+
+
+class PyTorchInstance(TensorInstance):
+    def __init__(self, ctx: LoadContext) -> None:
+        cfg = ctx.config
+        threads = parameter(cfg, "NUM_THREADS") or parameter(cfg, "INTRA_OP_THREAD_COUNT")
+        if threads:
+            torch.set_num_threads(int(threads))  # process-wide in torch, as in Triton's backend
+        self.device = torch.device(ctx.instance.device)
+        self.batched = ctx.spec.max_batch_size > 0
+        self.spec = ctx.spec
+        path = ctx.model_file
+        if path.suffix == ".pt2":
+            self.module: Any = torch.export.load(str(path)).module()
+            arg_names = [s.arg.name for s in torch.export.load(str(path)).graph_signature.input_specs
+                         if s.kind.name == "USER_INPUT"]
+            self.module.to(self.device)
+        else:
+            self.module = torch.jit.load(str(path), map_location=self.device)
+            self.module.eval()
+            arg_names = [a.name for a in self.module.forward.schema.arguments[1:]]
+        self.positions = _bind_inputs(list(ctx.spec.inputs), arg_names, path)
+        self.n_args = len(arg_names)
+        self.output_index = {n: _index_of(n) for n in ctx.spec.outputs}
+
+    def run(self, inputs: dict[str, Array], output_names: list[str]) -> Outputs:
+        args: list[Any] = [None] * self.n_args
+        for name, arr in inputs.items():
+            args[self.positions[name]] = self._to_torch(name, arr)
+        with torch.inference_mode():
+            result = self.module(*args)
+        return self._outputs(result, output_names)
+
+    def _to_torch(self, name: str, arr: Array) -> torch.Tensor:
+        if self.spec.inputs[name].datatype == "BF16":
+            t = torch.from_numpy(np.ascontiguousarray(arr)).view(torch.bfloat16)
+        elif arr.dtype == np.object_:
+            raise internal(f"input '{name}': BYTES tensors cannot be passed to a PyTorch model")
+        else:
+            t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+        return t.to(self.device, non_blocking=True) if self.device.type != "cpu" else t
+
+    def _outputs(self, result: Any, names: list[str]) -> Outputs:
+        out: Outputs = {}
+        for name in names:
+            if isinstance(result, dict):
+                if name not in result:
+                    raise internal(f"model returned no output '{name}' (keys: {sorted(result)})")
+                t = result[name]
+            elif isinstance(result, (tuple, list)):
+                idx = self.output_index[name]
+                if idx is None or idx >= len(result):
+                    raise internal(f"output '{name}' does not match the {len(result)} returned tensors")
+                t = result[idx]
+            else:
+                if self.output_index[name] not in (0, None):
+                    raise internal(f"model returned one tensor; output '{name}' has no match")
+                t = result
+            out[name] = _to_numpy(t, self.spec.outputs[name].datatype)
+        return out
+
+
+def _to_numpy(t: torch.Tensor, wire: str) -> Array:
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    if wire == "BF16" or t.dtype == torch.bfloat16:
+        return t.to(torch.bfloat16).contiguous().view(torch.uint16).numpy()
+    arr = t.numpy()
+    want = dtypes.BY_WIRE[wire].numpy
+    return arr if arr.dtype == want else arr.astype(want)
+
+
+def _index_of(name: str) -> int | None:
+    m = _INDEXED.match(name)
+    return int(m.group(2)) if m else None
+
+
+def _bind_inputs(names: list[str], arg_names: list[str], path: Path) -> dict[str, int]:
+    positions: dict[str, int] = {}
+    for name in names:
+        if name in arg_names:
+            positions[name] = arg_names.index(name)
+            continue
+        idx = _index_of(name)
+        if idx is None or idx >= len(arg_names):
+            raise ConfigError(
+                f"{path}: input '{name}' is not an input of the model "
+                f"(forward arguments: {', '.join(arg_names) or 'none'}; "
+                f"or use the <name>__<index> convention, index < {len(arg_names)})"
+            )
+        positions[name] = idx
+    return positions

@@ -1,0 +1,438 @@
+"""InferenceServer: the one facade the front-ends call. Works in-process with no network."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from torchtide import __version__, config as cfgmod
+from torchtide.backends.base import LoadContext
+from torchtide.config import ConfigError, ModelConfig
+from torchtide.errors import ServerError, Status, invalid_arg, not_found, unavailable
+from torchtide.instances import InstanceRunner, instance_infos
+from torchtide.repository import Prepared, prepare, scan, version_dirs
+from torchtide.served import ServedVersion
+from torchtide.types import InferRequest, InferResponse, InferTensor
+
+log = logging.getLogger("torchtide.server")
+
+EXTENSIONS = [
+    "classification",
+    "model_repository",
+    "model_repository(unload_dependents)",
+    "schedule_policy",
+    "model_configuration",
+    "binary_tensor_data",
+    "parameters",
+    "statistics",
+    "logging",
+]
+
+
+class ModelState(Enum):
+    LOADING = "LOADING"
+    READY = "READY"
+    UNLOADING = "UNLOADING"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+@dataclass
+class ServerOptions:
+    repositories: list[Path]
+    control_mode: str = "none"  # none | poll | explicit
+    startup_models: list[str] = field(default_factory=list)  # explicit mode; "*" = all
+    strict_readiness: bool = True
+    auto_complete: bool = True
+    exit_timeout_s: float = 30.0
+    gpu_count: int = -1  # -1: detect
+
+
+@dataclass
+class ModelRecord:
+    """Everything the server knows about one model name."""
+
+    name: str
+    model_dir: Path | None
+    served: dict[int, ServedVersion] = field(default_factory=dict)
+    states: dict[int, tuple[ModelState, str]] = field(default_factory=dict)
+    error: str = ""  # the last load failure, kept even while an older version serves
+    config: ModelConfig | None = None
+    override: ModelConfig | None = None
+    load_seconds: float = 0.0
+
+
+def detect_gpus() -> int:
+    try:
+        import torch
+
+        return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001 - no torch or no driver: no GPU
+        return 0
+
+
+class InferenceServer:
+    def __init__(self, options: ServerOptions) -> None:
+        self.options = options
+        self.gpu_count = detect_gpus() if options.gpu_count < 0 else options.gpu_count
+        self.models: dict[str, ModelRecord] = {}
+        self._load_locks: dict[str, asyncio.Lock] = {}
+        self._started = False
+        self._stopping = False
+        self._startup_done = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Load the start-up models (all of them unless control mode is explicit)."""
+        self._started = True
+        names, dupes = scan(self.options.repositories)
+        for name, reason in dupes.items():
+            self.models[name] = ModelRecord(name, None, error=reason)
+        if self.options.control_mode == "explicit":
+            wanted = self.options.startup_models
+            targets = sorted(names) if "*" in wanted else list(dict.fromkeys(wanted))
+        else:
+            targets = sorted(names)
+        await asyncio.gather(
+            *(self._load_quietly(n) for n in targets if n not in dupes), return_exceptions=False
+        )
+        self._startup_done = True
+
+    async def _load_quietly(self, name: str) -> None:
+        try:
+            await self.load_model(name)
+        except ServerError as e:
+            log.error("failed to load '%s': %s", name, e.message)
+
+    async def stop(self, timeout: float | None = None) -> bool:
+        """Stop accepting, drain in-flight work within `timeout`, then unload everything.
+        True when all in-flight requests finished."""
+        self._stopping = True
+        timeout = self.options.exit_timeout_s if timeout is None else timeout
+        versions = [v for r in self.models.values() for v in r.served.values()]
+        results = await asyncio.gather(*(v.scheduler.drain(timeout) for v in versions))
+        await asyncio.gather(*(v.scheduler.close() for v in versions))
+        for r in self.models.values():
+            r.served.clear()
+            r.states = {v: (ModelState.UNAVAILABLE, "server stopped") for v in r.states}
+        return all(results)
+
+    # ------------------------------------------------------------------ health and metadata
+
+    def is_live(self) -> bool:
+        return not self._stopping
+
+    def is_ready(self) -> bool:
+        if self._stopping or not self._startup_done:
+            return False
+        if not self.options.strict_readiness:
+            return True
+        # Ready when every model that should serve serves at least one version: a broken new
+        # version beside a serving one does not make the whole server unready (unlike Triton).
+        for r in self.models.values():
+            loading = any(s is ModelState.LOADING for s, _ in r.states.values())
+            if loading or (not r.served and r.error):
+                return False
+        return True
+
+    def metadata(self) -> dict[str, Any]:
+        return {"name": "torchtide", "version": __version__, "extensions": list(EXTENSIONS)}
+
+    def resolve(self, name: str, version: str = "") -> ServedVersion:
+        record = self.models.get(name)
+        if record is None:
+            raise not_found(f"Request for unknown model: '{name}' is not found")
+        if not version:
+            if not record.served:
+                raise not_found(f"Request for unknown model: '{name}' has no available versions")
+            return record.served[max(record.served)]
+        v = parse_version(version)
+        served = record.served.get(v)
+        if served is None:
+            if not record.served:
+                raise not_found(f"Request for unknown model: '{name}' has no available versions")
+            raise not_found(f"Request for unknown model: '{name}' version {v} is not found")
+        return served
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.resolve(name, version)
+        except ServerError:
+            return False
+        return not self._stopping
+
+    def model_metadata(self, name: str, version: str = "") -> dict[str, Any]:
+        sv = self.resolve(name, version)
+        record = self.models[name]
+        batch = [-1] if sv.spec.max_batch_size > 0 else []
+        versions = [str(v) for v in sorted(record.served)] if not version else [sv.version_str]
+
+        def tensors(specs: Mapping[str, cfgmod.TensorSpec]) -> list[dict[str, Any]]:
+            return [
+                {"name": s.name, "datatype": s.datatype, "shape": [*batch, *s.dims]}
+                for s in specs.values()
+            ]
+
+        return {
+            "name": name,
+            "versions": versions,
+            "platform": sv.spec.platform,
+            "inputs": tensors(sv.spec.inputs),
+            "outputs": tensors(sv.spec.outputs),
+        }
+
+    def model_config(self, name: str, version: str = "") -> ModelConfig:
+        return self.resolve(name, version).config
+
+    # ------------------------------------------------------------------ inference
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        if self._stopping:
+            raise unavailable("server is shutting down; not accepting new requests")
+        return await self.resolve(request.model_name, request.model_version).infer(request)
+
+    async def infer_numpy(
+        self,
+        model: str,
+        inputs: Mapping[str, Any],
+        *,
+        version: str = "",
+        outputs: list[str] | None = None,
+        request_id: str = "",
+        parameters: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Convenience for in-process use: numpy in, {output name: numpy} out."""
+        from torchtide.types import RequestedOutput
+
+        req = InferRequest(
+            model_name=model,
+            inputs=[InferTensor.of(n, a) for n, a in inputs.items()],
+            model_version=version,
+            id=request_id,
+            outputs=None if outputs is None else [RequestedOutput(o) for o in outputs],
+            parameters=parameters or {},
+        )
+        resp = await self.infer(req)
+        return {t.name: t.data for t in resp.outputs}
+
+    # ------------------------------------------------------------------ statistics
+
+    def statistics(self, name: str = "", version: str = "") -> list[dict[str, Any]]:
+        if not name:
+            return [
+                sv.stats.as_dict(n, sv.version_str)
+                for n, r in sorted(self.models.items())
+                for _, sv in sorted(r.served.items())
+            ]
+        record = self.models.get(name)
+        if record is None or not record.served:
+            raise invalid_arg(f"requested model '{name}' is not available")
+        if version:
+            sv = record.served.get(parse_version(version))
+            if sv is None:
+                raise invalid_arg(f"requested model version is not available for model '{name}'")
+            return [sv.stats.as_dict(name, sv.version_str)]
+        return [sv.stats.as_dict(name, sv.version_str) for _, sv in sorted(record.served.items())]
+
+    # ------------------------------------------------------------------ repository
+
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        names, _ = scan(self.options.repositories)
+        entries: list[dict[str, Any]] = []
+        for name in sorted(set(names) | set(self.models)):
+            record = self.models.get(name)
+            if record is None or (not record.states and not record.error):
+                if not ready_only:
+                    entries.append({"name": name})
+                continue
+            if record.states:
+                for v, (state, reason) in sorted(record.states.items()):
+                    if ready_only and state is not ModelState.READY:
+                        continue
+                    e: dict[str, Any] = {"name": name, "version": str(v), "state": state.value}
+                    if reason:
+                        e["reason"] = reason
+                    elif record.error and state is ModelState.READY:
+                        e["reason"] = f"serving; a newer load failed: {record.error}"
+                    entries.append(e)
+            elif not ready_only:
+                versions = version_dirs(record.model_dir) if record.model_dir else []
+                for v in versions or [0]:
+                    entries.append(
+                        {
+                            "name": name,
+                            "version": str(v) if v else "",
+                            "state": ModelState.UNAVAILABLE.value,
+                            "reason": record.error,
+                        }
+                    )
+        return entries
+
+    def _check_control(self) -> None:
+        if self.options.control_mode == "none":
+            raise unavailable(
+                "explicit model load / unload is not allowed when --model-control-mode is 'none'"
+            )
+
+    async def load(self, name: str, config_json: str | None = None,
+                   files: dict[str, bytes] | None = None) -> None:
+        """The repository API's load (explicit mode): optional config override and files."""
+        self._check_control()
+        override = None
+        if config_json:
+            try:
+                override = cfgmod.parse_json(config_json, f"load request for '{name}': config")
+            except ConfigError as e:
+                raise invalid_arg(str(e)) from None
+        if files:
+            self._write_files(name, files)
+        await self.load_model(name, override=override)
+
+    def _write_files(self, name: str, files: dict[str, bytes]) -> None:
+        names, _ = scan(self.options.repositories)
+        model_dir = names.get(name) or (self.options.repositories[0] / name)
+        for rel, content in files.items():
+            target = (model_dir / rel).resolve()
+            if model_dir.resolve() not in target.parents:
+                raise invalid_arg(f"file override '{rel}' escapes the model folder")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+
+    async def unload(self, name: str, unload_dependents: bool = False) -> None:
+        self._check_control()
+        await self.unload_model(name)
+
+    async def load_model(self, name: str, *, override: ModelConfig | None = None) -> None:
+        """Load or reload a model. A reload loads the new versions beside the old ones and
+        switches when they are ready; if it fails, the old versions keep serving."""
+        lock = self._load_locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            await self._load_locked(name, override)
+
+    async def _load_locked(self, name: str, override: ModelConfig | None) -> None:
+        names, dupes = scan(self.options.repositories)
+        if name in dupes:
+            raise invalid_arg(dupes[name])
+        model_dir = names.get(name)
+        if model_dir is None:
+            raise ServerError(
+                Status.INTERNAL, f"failed to load '{name}', no such model in the model repository"
+            )
+        record = self.models.get(name)
+        if record is None:
+            record = self.models[name] = ModelRecord(name, model_dir)
+        record.model_dir = model_dir
+        if override is not None:
+            record.override = override
+        started = time.perf_counter()
+        for v in version_dirs(model_dir):
+            if v not in record.served:
+                record.states[v] = (ModelState.LOADING, "")
+        try:
+            prepared = await asyncio.to_thread(
+                prepare,
+                name,
+                model_dir,
+                override=_copy(record.override),
+                auto_complete=self.options.auto_complete,
+                gpu_count=self.gpu_count,
+            )
+            new = await self._instantiate(name, model_dir, prepared)
+        except (ConfigError, ServerError) as e:
+            msg = e.message if isinstance(e, ServerError) else str(e)
+            self._mark_failed(record, msg)
+            raise ServerError(Status.INVALID_ARG, f"failed to load '{name}': {msg}") from None
+        old = record.served
+        record.served = new
+        record.config = prepared.config
+        record.error = ""
+        record.load_seconds = time.perf_counter() - started
+        record.states = {v: (ModelState.READY, "") for v in new}
+        for v in version_dirs(model_dir):
+            if v not in new:
+                record.states.setdefault(v, (ModelState.UNAVAILABLE, "not selected by version_policy"))
+        if old:
+            asyncio.get_running_loop().create_task(self._retire(list(old.values())))
+
+    def _mark_failed(self, record: ModelRecord, msg: str) -> None:
+        record.error = msg
+        for v, (state, _) in list(record.states.items()):
+            if state is ModelState.LOADING:
+                if v in record.served:
+                    record.states[v] = (ModelState.READY, "")
+                else:
+                    record.states[v] = (ModelState.UNAVAILABLE, msg)
+        if not record.served and not record.states:
+            record.states = {}
+
+    async def _instantiate(
+        self, name: str, model_dir: Path, prepared: Prepared
+    ) -> dict[int, ServedVersion]:
+        built: dict[int, ServedVersion] = {}
+        runners: list[InstanceRunner] = []
+        try:
+            for v in prepared.versions:
+                spec = cfgmod.ModelSpec.of(prepared.config)
+                version_runners = [InstanceRunner(info) for info in instance_infos(prepared.config)]
+                runners.extend(version_runners)
+                await asyncio.gather(
+                    *(
+                        r.load(
+                            prepared.backend,
+                            LoadContext(
+                                prepared.config, spec, model_dir, v, prepared.model_files[v], r.info
+                            ),
+                        )
+                        for r in version_runners
+                    )
+                )
+                built[v] = ServedVersion(prepared.config, v, version_runners, model_dir)
+        except BaseException:
+            await asyncio.gather(*(r.close() for r in runners), return_exceptions=True)
+            raise
+        for sv in built.values():
+            sv.start()
+        return built
+
+    async def _retire(self, versions: list[ServedVersion]) -> None:
+        """Let replaced versions finish their in-flight work, then release them."""
+        await asyncio.gather(*(v.scheduler.drain() for v in versions))
+        await asyncio.gather(*(v.scheduler.close() for v in versions))
+
+    async def unload_model(self, name: str) -> None:
+        lock = self._load_locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            record = self.models.get(name)
+            if record is None or not record.served:
+                return
+            old = list(record.served.values())
+            record.served = {}
+            record.states = {v.version: (ModelState.UNLOADING, "") for v in old}
+            await self._retire(old)
+            record.states = {v.version: (ModelState.UNAVAILABLE, "unloaded") for v in old}
+
+
+def parse_version(version: str) -> int:
+    try:
+        v = int(version)
+    except ValueError:
+        v = -1
+    if v <= 0:
+        raise invalid_arg(
+            f"invalid model version specified '{version}', version should be an integral value > 0"
+        )
+    return v
+
+
+def _copy(cfg: ModelConfig | None) -> ModelConfig | None:
+    if cfg is None:
+        return None
+    out = type(cfg)()
+    out.CopyFrom(cfg)
+    return out
