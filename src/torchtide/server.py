@@ -17,7 +17,9 @@ from torchtide.config import ConfigError, ModelConfig
 from torchtide.errors import ServerError, Status, invalid_arg, not_found, unavailable
 from torchtide.instances import InstanceRunner, instance_infos
 from torchtide.repository import Prepared, prepare, scan, version_dirs
+from torchtide.logsettings import LogSettings
 from torchtide.served import ServedVersion
+from torchtide.shm import SharedMemoryRegistry
 from torchtide.types import InferRequest, InferResponse, InferTensor
 
 log = logging.getLogger("torchtide.server")
@@ -85,6 +87,8 @@ class InferenceServer:
         self._started = False
         self._stopping = False
         self._startup_done = False
+        self.shm = SharedMemoryRegistry()  # client-registered system shared memory
+        self.log_settings = LogSettings()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -121,6 +125,7 @@ class InferenceServer:
         for r in self.models.values():
             r.served.clear()
             r.states = {v: (ModelState.UNAVAILABLE, "server stopped") for v in r.states}
+        self.shm.close()
         return all(results)
 
     # ------------------------------------------------------------------ health and metadata
