@@ -1,0 +1,109 @@
+"""Runs the core and its front-ends (HTTP, gRPC, metrics) on one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from torchtide.server import InferenceServer, ServerOptions
+
+
+class Frontend(Protocol):
+    port: int
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+@dataclass
+class AppOptions:
+    server: ServerOptions
+    http_port: int | None = 8000  # None: disabled; 0: any free port
+    grpc_port: int | None = 8001
+    metrics_port: int | None = 8002
+    http_address: str = "0.0.0.0"
+    grpc_address: str = "0.0.0.0"
+    metrics_address: str = "0.0.0.0"
+    http_max_input_size: int = 64 * 2**20
+    allow_client_shm: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class App:
+    def __init__(self, options: AppOptions) -> None:
+        self.options = options
+        self.server = InferenceServer(options.server)
+        self.frontends: dict[str, Frontend] = {}
+
+    async def start(self) -> None:
+        o = self.options
+        if o.http_port is not None:
+            from torchtide.frontends.http import HttpFrontend
+
+            self.frontends["http"] = HttpFrontend(
+                self.server, o.http_address, o.http_port,
+                max_input_size=o.http_max_input_size, allow_client_shm=o.allow_client_shm,
+            )
+        if o.grpc_port is not None:
+            from torchtide.frontends.grpc import GrpcFrontend
+
+            self.frontends["grpc"] = GrpcFrontend(
+                self.server, o.grpc_address, o.grpc_port, allow_client_shm=o.allow_client_shm
+            )
+        # Listeners open before models load, so liveness answers during a long start-up load.
+        for fe in self.frontends.values():
+            await fe.start()
+        await self.server.start()
+
+    async def stop(self, timeout: float | None = None) -> bool:
+        """Refuse new work on every protocol at once, drain, then close the listeners."""
+        drained = await self.server.stop(timeout)
+        for fe in self.frontends.values():
+            await fe.stop()
+        return drained
+
+    def port(self, name: str) -> int:
+        return self.frontends[name].port
+
+
+class AppThread:
+    """An App on its own event loop in a background thread (tests, notebooks)."""
+
+    def __init__(self, options: AppOptions) -> None:
+        self.app = App(options)
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="torchtide-app", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self.app.start())
+        except BaseException as e:  # noqa: BLE001 - reported to the starting thread
+            self._error = e
+            self._ready.set()
+            return
+        self._ready.set()
+        self.loop.run_forever()
+
+    def start(self, timeout: float = 120) -> AppThread:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError("torchtide did not start in time")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def call(self, coro: Any, timeout: float | None = 60) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self, timeout: float = 30) -> bool:
+        drained: bool = self.call(self.app.stop(timeout), timeout + 30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(30)
+        self.loop.close()
+        return drained
