@@ -52,6 +52,7 @@ class ServerOptions:
     strict_readiness: bool = True
     auto_complete: bool = True
     exit_timeout_s: float = 30.0
+    poll_secs: float = 15.0
     gpu_count: int = -1  # -1: detect
 
 
