@@ -113,7 +113,7 @@ class InferenceServer:
         try:
             await self.load_model(name)
         except ServerError as e:
-            log.error("failed to load '%s': %s", name, e.message)
+            log.error("%s", e.message)
 
     async def stop(self, timeout: float | None = None) -> bool:
         """Stop accepting, drain in-flight work within `timeout`, then unload everything.
