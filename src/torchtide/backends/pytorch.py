@@ -81,7 +81,7 @@ class PyTorchInstance(TensorInstance):
         cfg = ctx.config
         threads = parameter(cfg, "NUM_THREADS") or parameter(cfg, "INTRA_OP_THREAD_COUNT")
         if threads:
-            torch.set_num_threads(int(threads))  # process-wide in torch, as in Triton's backend
+            torch.set_num_threads(int(threads))  # per thread: this instance's own thread
         self.device = torch.device(ctx.instance.device)
         self.batched = ctx.spec.max_batch_size > 0
         self.spec = ctx.spec

@@ -1,0 +1,306 @@
+"""Backends on small real models built here: TorchScript, torch.export, ONNX exported from torch,
+and Python (sync, async, auto-complete, stacked batch)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from tests.models import write_model
+from torchtide.errors import ServerError, Status
+from torchtide.server import InferenceServer, ServerOptions
+
+
+class TwoArgs(torch.nn.Module):
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x * 2 + y, x - y
+
+
+class PickyDouble(torch.nn.Module):
+    """Fails on any negative input, so a batch holding one bad request fails as a whole."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x < 0).any()):
+            raise ValueError("negative input")
+        return x * 2
+
+
+class Bf16Double(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+
+TWO_ARGS_CONFIG = """
+platform: "pytorch_libtorch"
+max_batch_size: 8
+input [{ name: "x" data_type: TYPE_FP32 dims: [3] }, { name: "y" data_type: TYPE_FP32 dims: [3] }]
+output [{ name: "OUTPUT__0" data_type: TYPE_FP32 dims: [3] },
+        { name: "OUTPUT__1" data_type: TYPE_FP32 dims: [3] }]
+dynamic_batching { max_queue_delay_microseconds: 2000 }
+"""
+
+
+def build_repo(repo: Path) -> None:
+    d = write_model(repo, "ts_args", TWO_ARGS_CONFIG, {})
+    (d / "1").mkdir()
+    torch.jit.script(TwoArgs()).save(str(d / "1" / "model.pt"))
+
+    d = write_model(repo, "ts_badname", TWO_ARGS_CONFIG.replace('name: "y"', 'name: "z"'), {})
+    (d / "1").mkdir()
+    torch.jit.script(TwoArgs()).save(str(d / "1" / "model.pt"))
+
+    d = write_model(repo, "picky", """
+        platform: "pytorch_libtorch"
+        max_batch_size: 16
+        input [{ name: "INPUT__0" data_type: TYPE_FP32 dims: [2] }]
+        output [{ name: "OUTPUT__0" data_type: TYPE_FP32 dims: [2] }]
+        dynamic_batching { max_queue_delay_microseconds: 200000 }
+        parameters { key: "NUM_THREADS" value { string_value: "1" } }
+        """, {})
+    (d / "1").mkdir()
+    torch.jit.script(PickyDouble()).save(str(d / "1" / "model.pt"))
+
+    d = write_model(repo, "bf16", """
+        platform: "pytorch_libtorch"
+        max_batch_size: 4
+        input [{ name: "INPUT__0" data_type: TYPE_BF16 dims: [4] }]
+        output [{ name: "OUTPUT__0" data_type: TYPE_BF16 dims: [4] }]
+        """, {})
+    (d / "1").mkdir()
+    torch.jit.script(Bf16Double()).save(str(d / "1" / "model.pt"))
+
+    # torch.export program with no config.pbtxt at all: everything comes from the program.
+    d = repo / "exported" / "1"
+    d.mkdir(parents=True)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    ep = torch.export.export(TwoArgs(), (torch.randn(2, 3), torch.randn(2, 3)),
+                             dynamic_shapes={"x": {0: batch}, "y": {0: batch}})
+    torch.export.save(ep, str(d / "model.pt2"))
+
+    # ONNX exported from torch, no config.pbtxt.
+    d = repo / "onnx_auto" / "1"
+    d.mkdir(parents=True)
+    torch.onnx.export(TwoArgs(), (torch.randn(2, 3), torch.randn(2, 3)), str(d / "model.onnx"),
+                      input_names=["x", "y"], output_names=["s", "d"],
+                      dynamic_axes={n: {0: "b"} for n in ("x", "y", "s", "d")}, dynamo=False)
+    d = write_model(repo, "onnx_badname", """
+        backend: "onnxruntime"
+        max_batch_size: 4
+        input [{ name: "x" data_type: TYPE_FP32 dims: [3] }, { name: "w" data_type: TYPE_FP32 dims: [3] }]
+        output [{ name: "s" data_type: TYPE_FP32 dims: [3] }]
+        """, {"1/model.onnx": (repo / "onnx_auto" / "1" / "model.onnx").read_bytes()})
+
+    write_model(repo, "py_async", """
+        backend: "python"
+        max_batch_size: 4
+        input [{ name: "IN" data_type: TYPE_FP32 dims: [-1] }]
+        output [{ name: "OUT" data_type: TYPE_FP32 dims: [-1] }]
+        """, {"1/model.py": '''
+import asyncio
+import json
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    async def initialize(self, args):
+        self.args = args
+
+    async def execute(self, requests):
+        await asyncio.sleep(0)
+        out = []
+        for r in requests:
+            x = pb_utils.get_input_tensor_by_name(r, "IN").as_numpy()
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", x + 1)]))
+        return out
+'''})
+
+    # Auto-complete from the model itself, no config.pbtxt; also echoes initialize() args.
+    write_model(repo, "py_auto", None, {"1/model.py": '''
+import json
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    @staticmethod
+    def auto_complete_config(auto_complete_model_config):
+        auto_complete_model_config.add_input({"name": "IN", "data_type": "TYPE_INT64", "dims": [2]})
+        auto_complete_model_config.add_output({"name": "ARGS", "data_type": "TYPE_STRING", "dims": [1]})
+        auto_complete_model_config.set_max_batch_size(8)
+        auto_complete_model_config.set_dynamic_batching()
+        return auto_complete_model_config
+
+    def initialize(self, args):
+        self.args = args
+
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            n = pb_utils.get_input_tensor_by_name(r, "IN").as_numpy().shape[0]
+            blob = json.dumps(self.args, sort_keys=True).encode()
+            out.append(pb_utils.InferenceResponse(
+                [pb_utils.Tensor("ARGS", np.array([[blob]] * n, dtype=np.object_))]))
+        return out
+'''})
+
+    # Beyond Triton: one stacked request per execute().
+    write_model(repo, "py_stacked", """
+        backend: "python"
+        max_batch_size: 16
+        input [{ name: "IN" data_type: TYPE_FP32 dims: [2] }]
+        output [{ name: "OUT" data_type: TYPE_FP32 dims: [2] }, { name: "N" data_type: TYPE_INT32 dims: [1] }]
+        dynamic_batching { max_queue_delay_microseconds: 200000 }
+        parameters { key: "TORCHTIDE_STACKED_BATCH" value { string_value: "true" } }
+        """, {"1/model.py": '''
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        assert len(requests) == 1
+        x = pb_utils.get_input_tensor_by_name(requests[0], "IN").as_numpy()
+        n = np.full((x.shape[0], 1), len(x), dtype=np.int32)
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", x * 10), pb_utils.Tensor("N", n)])]
+'''})
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    r = tmp_path_factory.mktemp("backends")
+    build_repo(r)
+    return r
+
+
+Run = Callable[[Callable[[InferenceServer], Awaitable[Any]]], Any]
+
+
+@pytest.fixture
+async def server(repo: Path) -> AsyncIterator[InferenceServer]:
+    s = InferenceServer(ServerOptions([repo]))
+    await s.start()
+    yield s
+    await s.stop()
+
+
+def f32(*shape: int, start: float = 0.0) -> np.ndarray[Any, Any]:
+    return (np.arange(int(np.prod(shape)), dtype=np.float32) + start).reshape(shape)
+
+
+async def test_torchscript_forward_argument_names(server: InferenceServer) -> None:
+    x, y = f32(2, 3), f32(2, 3, start=1)
+    out = await server.infer_numpy("ts_args", {"x": x, "y": y})
+    np.testing.assert_allclose(out["OUTPUT__0"], x * 2 + y)
+    np.testing.assert_allclose(out["OUTPUT__1"], x - y)
+
+
+async def test_torchscript_unknown_input_name_is_reported(server: InferenceServer, repo: Path) -> None:
+    entry = next(e for e in server.repository_index() if e["name"] == "ts_badname")
+    assert entry["state"] == "UNAVAILABLE"
+    assert entry["reason"] == (
+        f"{repo}/ts_badname/1/model.pt: input 'z' is not an input of the model "
+        "(forward arguments: x, y; or use the <name>__<index> convention, index < 2)"
+    )
+
+
+async def test_torch_export_program_without_config(server: InferenceServer) -> None:
+    cfg = server.model_metadata("exported")
+    assert cfg["platform"] == "pytorch_libtorch"
+    assert cfg["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 3]},
+                             {"name": "y", "datatype": "FP32", "shape": [-1, 3]}]
+    assert [o["name"] for o in cfg["outputs"]] == ["OUTPUT__0", "OUTPUT__1"]
+    assert server.model_config("exported").max_batch_size == 4
+    x, y = f32(3, 3), f32(3, 3, start=5)
+    outs = await asyncio.gather(*(server.infer_numpy("exported", {"x": x[i:i + 1], "y": y[i:i + 1]})
+                                  for i in range(3)))
+    for i, o in enumerate(outs):
+        np.testing.assert_allclose(o["OUTPUT__0"], x[i:i + 1] * 2 + y[i:i + 1])
+
+
+async def test_onnx_auto_complete_and_infer(server: InferenceServer) -> None:
+    md = server.model_metadata("onnx_auto")
+    assert md["platform"] == "onnxruntime_onnx"
+    assert [(t["name"], t["shape"]) for t in md["inputs"]] == [("x", [-1, 3]), ("y", [-1, 3])]
+    assert [t["name"] for t in md["outputs"]] == ["s", "d"]
+    cfg = server.model_config("onnx_auto")
+    assert cfg.max_batch_size == 4 and cfg.HasField("dynamic_batching")
+    x, y = f32(4, 3), f32(4, 3, start=2)
+    out = await server.infer_numpy("onnx_auto", {"x": x, "y": y}, outputs=["d"])
+    assert list(out) == ["d"]
+    np.testing.assert_allclose(out["d"], x - y)
+
+
+async def test_onnx_input_the_graph_lacks(server: InferenceServer, repo: Path) -> None:
+    entry = next(e for e in server.repository_index() if e["name"] == "onnx_badname")
+    assert entry["reason"] == (
+        f"{repo}/onnx_badname/1/model.onnx: input 'w' is not an input of the model "
+        "(graph inputs: x, y)"
+    )
+
+
+async def test_failed_batch_is_retried_per_request(server: InferenceServer) -> None:
+    values = [1.0, -1.0, 2.0, 3.0]
+    tasks = [server.infer_numpy("picky", {"INPUT__0": np.full((1, 2), v, np.float32)})
+             for v in values]
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for v, r in zip(values, results, strict=True):
+        if v < 0:
+            assert isinstance(r, ServerError) and r.status is Status.INTERNAL
+            assert "negative input" in r.message
+        else:
+            assert isinstance(r, dict)
+            np.testing.assert_allclose(r["OUTPUT__0"], np.full((1, 2), 2 * v))
+    st = server.statistics("picky")[0]["inference_stats"]
+    assert st["success"]["count"] == 3 and st["fail"]["count"] == 1
+    # NUM_THREADS is applied on the instance's own thread, where it executes.
+    runner = server.resolve("picky").scheduler.instances[0]
+    assert runner.executor.submit(torch.get_num_threads).result() == 1
+
+
+async def test_bf16_through_torchscript(server: InferenceServer) -> None:
+    x = torch.tensor([[1.5, -2.0, 3.25, 0.0]], dtype=torch.bfloat16)
+    bits = x.view(torch.uint16).numpy()
+    from torchtide.types import InferRequest, InferTensor
+
+    resp = await server.infer(InferRequest("bf16", [InferTensor("INPUT__0", "BF16", bits)]))
+    out = resp.outputs[0]
+    assert out.datatype == "BF16"
+    back = torch.from_numpy(out.data.copy()).view(torch.bfloat16)
+    assert torch.equal(back, x * 2)
+
+
+async def test_python_async_execute_and_initialize(server: InferenceServer) -> None:
+    out = await server.infer_numpy("py_async", {"IN": f32(2, 5)})
+    np.testing.assert_allclose(out["OUT"], f32(2, 5) + 1)
+
+
+async def test_python_auto_complete_and_initialize_args(server: InferenceServer, repo: Path) -> None:
+    import json
+
+    cfg = server.model_config("py_auto")
+    assert cfg.max_batch_size == 8 and cfg.HasField("dynamic_batching")
+    out = await server.infer_numpy("py_auto", {"IN": np.zeros((2, 2), np.int64)})
+    args = json.loads(out["ARGS"][0, 0])
+    assert set(args) == {"model_config", "model_instance_kind", "model_instance_name",
+                         "model_instance_device_id", "model_repository", "model_version",
+                         "model_name"}
+    assert args["model_name"] == "py_auto" and args["model_version"] == "1"
+    assert args["model_instance_kind"] == "CPU" and args["model_instance_name"] == "py_auto_0_0"
+    assert args["model_repository"] == str(repo / "py_auto")
+    assert json.loads(args["model_config"])["max_batch_size"] == 8
+
+
+async def test_python_stacked_batch_mode(server: InferenceServer) -> None:
+    tasks = [server.infer_numpy("py_stacked", {"IN": np.full((1 + i % 2, 2), i, np.float32)})
+             for i in range(6)]
+    outs = await asyncio.gather(*tasks)
+    total = sum(1 + i % 2 for i in range(6))
+    for i, o in enumerate(outs):
+        np.testing.assert_allclose(o["OUT"], np.full((1 + i % 2, 2), 10 * i))
+        assert o["N"].tolist() == [[total]] * (1 + i % 2)  # all six arrived as one stacked batch
