@@ -197,13 +197,14 @@ async def test_reload_under_traffic_switches_atomically(tmp_path: Path) -> None:
         await asyncio.sleep(0.2)
         stop.set()
         await asyncio.gather(*clients)
+        entry = next(e for e in s.repository_index() if e["name"] == "ver" and e["version"] == "2")
+        assert entry["state"] == "READY"
+        assert "unknown field 'max_batch'" in entry.get("reason", "")
     finally:
         await s.stop()
     assert errors == []
     assert 1.0 in {v for after, v in seen if not after}
     assert {v for after, v in seen if after} == {2.0}  # sent after the switch: always version 2
-    entry = next(e for e in s.repository_index() if e["name"] == "ver")
-    assert "unknown field 'max_batch'" in entry.get("reason", "")
 
 
 async def test_classification_extension(tmp_path: Path) -> None:
