@@ -35,7 +35,7 @@ def reset() -> None:
     ENTERED.clear()
 
 
-PROBE_PY = '''
+PROBE_PY = """
 import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -68,7 +68,7 @@ class TritonPythonModel:
             x = pb_utils.get_input_tensor_by_name(r, "IN").as_numpy()
             out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", 2 * x + 1)]))
         return out
-'''
+"""
 
 
 def probe_config(

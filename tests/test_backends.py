@@ -55,23 +55,33 @@ def build_repo(repo: Path) -> None:
     (d / "1").mkdir()
     torch.jit.script(TwoArgs()).save(str(d / "1" / "model.pt"))
 
-    d = write_model(repo, "picky", """
+    d = write_model(
+        repo,
+        "picky",
+        """
         platform: "pytorch_libtorch"
         max_batch_size: 16
         input [{ name: "INPUT__0" data_type: TYPE_FP32 dims: [2] }]
         output [{ name: "OUTPUT__0" data_type: TYPE_FP32 dims: [2] }]
         dynamic_batching { max_queue_delay_microseconds: 200000 }
         parameters { key: "NUM_THREADS" value { string_value: "1" } }
-        """, {})
+        """,
+        {},
+    )
     (d / "1").mkdir()
     torch.jit.script(PickyDouble()).save(str(d / "1" / "model.pt"))
 
-    d = write_model(repo, "bf16", """
+    d = write_model(
+        repo,
+        "bf16",
+        """
         platform: "pytorch_libtorch"
         max_batch_size: 4
         input [{ name: "INPUT__0" data_type: TYPE_BF16 dims: [4] }]
         output [{ name: "OUTPUT__0" data_type: TYPE_BF16 dims: [4] }]
-        """, {})
+        """,
+        {},
+    )
     (d / "1").mkdir()
     torch.jit.script(Bf16Double()).save(str(d / "1" / "model.pt"))
 
@@ -79,29 +89,48 @@ def build_repo(repo: Path) -> None:
     d = repo / "exported" / "1"
     d.mkdir(parents=True)
     batch = torch.export.Dim("batch", min=1, max=64)
-    ep = torch.export.export(TwoArgs(), (torch.randn(2, 3), torch.randn(2, 3)),
-                             dynamic_shapes={"x": {0: batch}, "y": {0: batch}})
+    ep = torch.export.export(
+        TwoArgs(),
+        (torch.randn(2, 3), torch.randn(2, 3)),
+        dynamic_shapes={"x": {0: batch}, "y": {0: batch}},
+    )
     torch.export.save(ep, str(d / "model.pt2"))
 
     # ONNX exported from torch, no config.pbtxt.
     d = repo / "onnx_auto" / "1"
     d.mkdir(parents=True)
-    torch.onnx.export(TwoArgs(), (torch.randn(2, 3), torch.randn(2, 3)), str(d / "model.onnx"),
-                      input_names=["x", "y"], output_names=["s", "d"],
-                      dynamic_axes={n: {0: "b"} for n in ("x", "y", "s", "d")}, dynamo=False)
-    d = write_model(repo, "onnx_badname", """
+    torch.onnx.export(
+        TwoArgs(),
+        (torch.randn(2, 3), torch.randn(2, 3)),
+        str(d / "model.onnx"),
+        input_names=["x", "y"],
+        output_names=["s", "d"],
+        dynamic_axes={n: {0: "b"} for n in ("x", "y", "s", "d")},
+        dynamo=False,
+    )
+    d = write_model(
+        repo,
+        "onnx_badname",
+        """
         backend: "onnxruntime"
         max_batch_size: 4
         input [{ name: "x" data_type: TYPE_FP32 dims: [3] }, { name: "w" data_type: TYPE_FP32 dims: [3] }]
         output [{ name: "s" data_type: TYPE_FP32 dims: [3] }]
-        """, {"1/model.onnx": (repo / "onnx_auto" / "1" / "model.onnx").read_bytes()})
+        """,
+        {"1/model.onnx": (repo / "onnx_auto" / "1" / "model.onnx").read_bytes()},
+    )
 
-    write_model(repo, "py_async", """
+    write_model(
+        repo,
+        "py_async",
+        """
         backend: "python"
         max_batch_size: 4
         input [{ name: "IN" data_type: TYPE_FP32 dims: [-1] }]
         output [{ name: "OUT" data_type: TYPE_FP32 dims: [-1] }]
-        """, {"1/model.py": '''
+        """,
+        {
+            "1/model.py": """
 import asyncio
 import json
 import triton_python_backend_utils as pb_utils
@@ -118,10 +147,17 @@ class TritonPythonModel:
             x = pb_utils.get_input_tensor_by_name(r, "IN").as_numpy()
             out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", x + 1)]))
         return out
-'''})
+"""
+        },
+    )
 
     # Auto-complete from the model itself, no config.pbtxt; also echoes initialize() args.
-    write_model(repo, "py_auto", None, {"1/model.py": '''
+    write_model(
+        repo,
+        "py_auto",
+        None,
+        {
+            "1/model.py": """
 import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -147,17 +183,24 @@ class TritonPythonModel:
             out.append(pb_utils.InferenceResponse(
                 [pb_utils.Tensor("ARGS", np.array([[blob]] * n, dtype=np.object_))]))
         return out
-'''})
+"""
+        },
+    )
 
     # Beyond Triton: one stacked request per execute().
-    write_model(repo, "py_stacked", """
+    write_model(
+        repo,
+        "py_stacked",
+        """
         backend: "python"
         max_batch_size: 16
         input [{ name: "IN" data_type: TYPE_FP32 dims: [2] }]
         output [{ name: "OUT" data_type: TYPE_FP32 dims: [2] }, { name: "N" data_type: TYPE_INT32 dims: [1] }]
         dynamic_batching { max_queue_delay_microseconds: 200000 }
         parameters { key: "TORCHTIDE_STACKED_BATCH" value { string_value: "true" } }
-        """, {"1/model.py": '''
+        """,
+        {
+            "1/model.py": """
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
@@ -168,7 +211,9 @@ class TritonPythonModel:
         x = pb_utils.get_input_tensor_by_name(requests[0], "IN").as_numpy()
         n = np.full((x.shape[0], 1), len(x), dtype=np.int32)
         return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", x * 10), pb_utils.Tensor("N", n)])]
-'''})
+"""
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +245,9 @@ async def test_torchscript_forward_argument_names(server: InferenceServer) -> No
     np.testing.assert_allclose(out["OUTPUT__1"], x - y)
 
 
-async def test_torchscript_unknown_input_name_is_reported(server: InferenceServer, repo: Path) -> None:
+async def test_torchscript_unknown_input_name_is_reported(
+    server: InferenceServer, repo: Path
+) -> None:
     entry = next(e for e in server.repository_index() if e["name"] == "ts_badname")
     assert entry["state"] == "UNAVAILABLE"
     assert entry["reason"] == (
@@ -212,15 +259,18 @@ async def test_torchscript_unknown_input_name_is_reported(server: InferenceServe
 async def test_torch_export_program_without_config(server: InferenceServer) -> None:
     cfg = server.model_metadata("exported")
     assert cfg["platform"] == "pytorch_libtorch"
-    assert cfg["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 3]},
-                             {"name": "y", "datatype": "FP32", "shape": [-1, 3]}]
+    assert cfg["inputs"] == [
+        {"name": "x", "datatype": "FP32", "shape": [-1, 3]},
+        {"name": "y", "datatype": "FP32", "shape": [-1, 3]},
+    ]
     assert [o["name"] for o in cfg["outputs"]] == ["OUTPUT__0", "OUTPUT__1"]
     assert server.model_config("exported").max_batch_size == 4
     x, y = f32(3, 3), f32(3, 3, start=5)
-    outs = await asyncio.gather(*(server.infer_numpy("exported", {"x": x[i:i + 1], "y": y[i:i + 1]})
-                                  for i in range(3)))
+    outs = await asyncio.gather(
+        *(server.infer_numpy("exported", {"x": x[i : i + 1], "y": y[i : i + 1]}) for i in range(3))
+    )
     for i, o in enumerate(outs):
-        np.testing.assert_allclose(o["OUTPUT__0"], x[i:i + 1] * 2 + y[i:i + 1])
+        np.testing.assert_allclose(o["OUTPUT__0"], x[i : i + 1] * 2 + y[i : i + 1])
 
 
 async def test_onnx_auto_complete_and_infer(server: InferenceServer) -> None:
@@ -246,8 +296,9 @@ async def test_onnx_input_the_graph_lacks(server: InferenceServer, repo: Path) -
 
 async def test_failed_batch_is_retried_per_request(server: InferenceServer) -> None:
     values = [1.0, -1.0, 2.0, 3.0]
-    tasks = [server.infer_numpy("picky", {"INPUT__0": np.full((1, 2), v, np.float32)})
-             for v in values]
+    tasks = [
+        server.infer_numpy("picky", {"INPUT__0": np.full((1, 2), v, np.float32)}) for v in values
+    ]
     results = await asyncio.gather(*tasks, return_exceptions=True)
     for v, r in zip(values, results, strict=True):
         if v < 0:
@@ -280,16 +331,24 @@ async def test_python_async_execute_and_initialize(server: InferenceServer) -> N
     np.testing.assert_allclose(out["OUT"], f32(2, 5) + 1)
 
 
-async def test_python_auto_complete_and_initialize_args(server: InferenceServer, repo: Path) -> None:
+async def test_python_auto_complete_and_initialize_args(
+    server: InferenceServer, repo: Path
+) -> None:
     import json
 
     cfg = server.model_config("py_auto")
     assert cfg.max_batch_size == 8 and cfg.HasField("dynamic_batching")
     out = await server.infer_numpy("py_auto", {"IN": np.zeros((2, 2), np.int64)})
     args = json.loads(out["ARGS"][0, 0])
-    assert set(args) == {"model_config", "model_instance_kind", "model_instance_name",
-                         "model_instance_device_id", "model_repository", "model_version",
-                         "model_name"}
+    assert set(args) == {
+        "model_config",
+        "model_instance_kind",
+        "model_instance_name",
+        "model_instance_device_id",
+        "model_repository",
+        "model_version",
+        "model_name",
+    }
     assert args["model_name"] == "py_auto" and args["model_version"] == "1"
     assert args["model_instance_kind"] == "CPU" and args["model_instance_name"] == "py_auto_0_0"
     assert args["model_repository"] == str(repo / "py_auto")
@@ -297,8 +356,10 @@ async def test_python_auto_complete_and_initialize_args(server: InferenceServer,
 
 
 async def test_python_stacked_batch_mode(server: InferenceServer) -> None:
-    tasks = [server.infer_numpy("py_stacked", {"IN": np.full((1 + i % 2, 2), i, np.float32)})
-             for i in range(6)]
+    tasks = [
+        server.infer_numpy("py_stacked", {"IN": np.full((1 + i % 2, 2), i, np.float32)})
+        for i in range(6)
+    ]
     outs = await asyncio.gather(*tasks)
     total = sum(1 + i % 2 for i in range(6))
     for i, o in enumerate(outs):

@@ -24,8 +24,12 @@ row_counts = st.lists(st.integers(min_value=0, max_value=5), min_size=1, max_siz
 def test_split_of_merge_returns_each_request_its_own_rows(rows: list[int], width: int) -> None:
     items, start = [], 0
     for n in rows:
-        items.append({"A": np.arange(start, start + n * width).reshape(n, width),
-                      "B": np.full((n, 1), len(items))})
+        items.append(
+            {
+                "A": np.arange(start, start + n * width).reshape(n, width),
+                "B": np.full((n, 1), len(items)),
+            }
+        )
         start += n * width
     merged = batching.merge(items)
     assert merged["A"].shape[0] == sum(rows)
@@ -70,7 +74,10 @@ arrivals = st.lists(
     instances=st.integers(1, 2),
 )
 def test_batcher_answers_every_request_once_with_its_rows(
-    pattern: list[tuple[int, float]], max_batch: int, preferred: list[int], delay_us: int,
+    pattern: list[tuple[int, float]],
+    max_batch: int,
+    preferred: list[int],
+    delay_us: int,
     instances: int,
 ) -> None:
     preferred = [p for p in preferred if p <= max_batch]
@@ -124,8 +131,9 @@ def _pending(rows: int, enqueue_ns: int, key: tuple[Any, ...] = ("k",)) -> Pendi
     delay_us=st.integers(0, 10_000),
     elapsed_us=st.integers(0, 20_000),
 )
-def test_formation_rules(rows: list[int], max_batch: int, preferred: list[int], delay_us: int,
-                         elapsed_us: int) -> None:
+def test_formation_rules(
+    rows: list[int], max_batch: int, preferred: list[int], delay_us: int, elapsed_us: int
+) -> None:
     """For any queue: a released batch never exceeds max_batch_size; one released before its
     delay is a preferred size (or full); once the oldest request's delay is up, something is
     always released."""

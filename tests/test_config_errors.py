@@ -20,67 +20,165 @@ PY = {"1/model.py": ADD_SUB_PY}
 
 # (model name, config.pbtxt, files, expected reason; {cfg} = the config path, {dir} = model dir)
 CASES = [
-    ("unknown_field", 'backend: "python"\nmax_batch: 4\n' + IO, PY,
-     "{cfg}: line 2:1: unknown field 'max_batch' in inference.ModelConfig"),
-    ("bad_enum", 'backend: "python"\ninput [{ name: "A" data_type: TYPE_FOO dims: [1] }]', PY,
-     "{cfg}: line 2:31: invalid value 'TYPE_FOO' for inference.DataType"),
-    ("syntax", 'backend: "python"\ninput [{ name: "A" ', PY,
-     "{cfg}: line 2:16: syntax error: Expected \"}}\"."),
-    ("zero_dim", 'backend: "python"\n' + IO.replace("dims: [16] }]\noutput", "dims: [0] }]\noutput"),
-     PY, "{cfg}: input 'INPUT0' dims: dimension 0 is invalid (use a positive size or -1)"),
-    ("no_dtype", 'backend: "python"\ninput [{ name: "A" dims: [1] }]\n'
-     'output [{ name: "B" data_type: TYPE_FP32 dims: [1] }]', PY,
-     "{cfg}: input 'A' data_type: is missing or TYPE_INVALID"),
-    ("missing_file", 'backend: "python"\n' + IO, {"1/other.py": "x = 1\n"},
-     "{cfg}: default_model_filename: model file '1/model.py' not found"),
-    ("batching_no_mbs", 'backend: "python"\ndynamic_batching {}\n' + IO, PY,
-     "{cfg}: dynamic_batching: requires max_batch_size > 0 (max_batch_size is 0: batching is off)"),
-    ("preferred_too_big", 'backend: "python"\nmax_batch_size: 4\n'
-     "dynamic_batching { preferred_batch_size: [8] }\n" + IO, PY,
-     "{cfg}: dynamic_batching.preferred_batch_size: 8 is outside 1..max_batch_size (4)"),
-    ("bad_priority", 'backend: "python"\nmax_batch_size: 4\n'
-     "dynamic_batching { priority_levels: 2 default_priority_level: 3 }\n" + IO, PY,
-     "{cfg}: dynamic_batching.default_priority_level: must be in 1..priority_levels (2), got 3"),
-    ("name_mismatch", 'name: "other"\nbackend: "python"\n' + IO, PY,
-     "{cfg}: name: 'other' does not match the model's folder name 'name_mismatch'"),
-    ("bad_platform", 'platform: "tensorflow_savedmodel"\n' + IO, {"1/model.savedmodel": "x"},
-     "{cfg}: platform: unsupported platform 'tensorflow_savedmodel' (supported: onnxruntime_onnx, "
-     "python, pytorch_libtorch, torch_export)"),
-    ("unknown_backend", 'backend: "tensorflow"\n' + IO, PY,
-     "{cfg}: backend: unknown backend 'tensorflow' (supported: python, pytorch, onnxruntime)"),
-    ("gpu_without_gpu", 'backend: "python"\ninstance_group [{ kind: KIND_GPU }]\n' + IO, PY,
-     "{cfg}: instance_group 'gpu_without_gpu_0' kind: KIND_GPU requested but no CUDA GPU is "
-     "available"),
-    ("no_versions", 'backend: "python"\n' + IO, {"0/model.py": ADD_SUB_PY, "v1/model.py": ""},
-     "{cfg}: no version folder (e.g. '1/') holds the model"),
-    ("negative_mbs", 'backend: "python"\nmax_batch_size: -2\n' + IO, PY,
-     "{cfg}: max_batch_size: must be >= 0, got -2"),
-    ("specific_missing", 'backend: "python"\nversion_policy { specific { versions: [1, 3] } }\n'
-     + IO, PY,
-     "{cfg}: version_policy.specific: version(s) [3] have no folder (found: [1])"),
-    ("duplicate_input", 'backend: "python"\ninput [{ name: "A" data_type: TYPE_FP32 dims: [1] },'
-     '{ name: "A" data_type: TYPE_FP32 dims: [1] }]\n'
-     'output [{ name: "B" data_type: TYPE_FP32 dims: [1] }]', PY,
-     "{cfg}: input 'A': is declared twice"),
-    ("bad_reshape", 'backend: "python"\ninput [{ name: "A" data_type: TYPE_FP32 dims: [4] '
-     'reshape { shape: [3] } }]\noutput [{ name: "B" data_type: TYPE_FP32 dims: [1] }]', PY,
-     "{cfg}: input 'A' reshape: has 3 elements but dims [4] have 4"),
-    ("missing_labels", 'backend: "python"\ninput [{ name: "A" data_type: TYPE_FP32 dims: [4] }]\n'
-     'output [{ name: "B" data_type: TYPE_FP32 dims: [4] label_filename: "labels.txt" }]', PY,
-     "{cfg}: output 'B' label_filename: file '{dir}/labels.txt' not found"),
-    ("no_inputs", 'backend: "python"\noutput [{ name: "B" data_type: TYPE_FP32 dims: [1] }]', PY,
-     "{cfg}: input: the model has no inputs (give them in config.pbtxt or a model file that "
-     "names them)"),
-    ("import_error", 'backend: "python"\n' + IO, {"1/model.py": "import not_a_module_xyz\n"},
-     "{dir}/1/model.py: import failed: ModuleNotFoundError: No module named 'not_a_module_xyz'"),
-    ("no_class", 'backend: "python"\n' + IO, {"1/model.py": "x = 1\n"},
-     "{dir}/1/model.py: defines no class TritonPythonModel"),
-    ("init_raises", 'backend: "python"\n' + IO, {"1/model.py": (
-        "class TritonPythonModel:\n    def initialize(self, args):\n"
-        "        raise ValueError('weights missing')\n")},
-     "{dir}/1/model.py: initialize() failed: ValueError: weights missing"),
-    ("sequence", 'backend: "python"\nmax_batch_size: 2\nsequence_batching {}\n' + IO, PY,
-     "{cfg}: sequence_batching: the sequence batcher is not supported by torchtide yet"),
+    (
+        "unknown_field",
+        'backend: "python"\nmax_batch: 4\n' + IO,
+        PY,
+        "{cfg}: line 2:1: unknown field 'max_batch' in inference.ModelConfig",
+    ),
+    (
+        "bad_enum",
+        'backend: "python"\ninput [{ name: "A" data_type: TYPE_FOO dims: [1] }]',
+        PY,
+        "{cfg}: line 2:31: invalid value 'TYPE_FOO' for inference.DataType",
+    ),
+    (
+        "syntax",
+        'backend: "python"\ninput [{ name: "A" ',
+        PY,
+        '{cfg}: line 2:16: syntax error: Expected "}}".',
+    ),
+    (
+        "zero_dim",
+        'backend: "python"\n' + IO.replace("dims: [16] }]\noutput", "dims: [0] }]\noutput"),
+        PY,
+        "{cfg}: input 'INPUT0' dims: dimension 0 is invalid (use a positive size or -1)",
+    ),
+    (
+        "no_dtype",
+        'backend: "python"\ninput [{ name: "A" dims: [1] }]\n'
+        'output [{ name: "B" data_type: TYPE_FP32 dims: [1] }]',
+        PY,
+        "{cfg}: input 'A' data_type: is missing or TYPE_INVALID",
+    ),
+    (
+        "missing_file",
+        'backend: "python"\n' + IO,
+        {"1/other.py": "x = 1\n"},
+        "{cfg}: default_model_filename: model file '1/model.py' not found",
+    ),
+    (
+        "batching_no_mbs",
+        'backend: "python"\ndynamic_batching {}\n' + IO,
+        PY,
+        "{cfg}: dynamic_batching: requires max_batch_size > 0 (max_batch_size is 0: batching is off)",
+    ),
+    (
+        "preferred_too_big",
+        'backend: "python"\nmax_batch_size: 4\n'
+        "dynamic_batching { preferred_batch_size: [8] }\n" + IO,
+        PY,
+        "{cfg}: dynamic_batching.preferred_batch_size: 8 is outside 1..max_batch_size (4)",
+    ),
+    (
+        "bad_priority",
+        'backend: "python"\nmax_batch_size: 4\n'
+        "dynamic_batching { priority_levels: 2 default_priority_level: 3 }\n" + IO,
+        PY,
+        "{cfg}: dynamic_batching.default_priority_level: must be in 1..priority_levels (2), got 3",
+    ),
+    (
+        "name_mismatch",
+        'name: "other"\nbackend: "python"\n' + IO,
+        PY,
+        "{cfg}: name: 'other' does not match the model's folder name 'name_mismatch'",
+    ),
+    (
+        "bad_platform",
+        'platform: "tensorflow_savedmodel"\n' + IO,
+        {"1/model.savedmodel": "x"},
+        "{cfg}: platform: unsupported platform 'tensorflow_savedmodel' (supported: onnxruntime_onnx, "
+        "python, pytorch_libtorch, torch_export)",
+    ),
+    (
+        "unknown_backend",
+        'backend: "tensorflow"\n' + IO,
+        PY,
+        "{cfg}: backend: unknown backend 'tensorflow' (supported: python, pytorch, onnxruntime)",
+    ),
+    (
+        "gpu_without_gpu",
+        'backend: "python"\ninstance_group [{ kind: KIND_GPU }]\n' + IO,
+        PY,
+        "{cfg}: instance_group 'gpu_without_gpu_0' kind: KIND_GPU requested but no CUDA GPU is "
+        "available",
+    ),
+    (
+        "no_versions",
+        'backend: "python"\n' + IO,
+        {"0/model.py": ADD_SUB_PY, "v1/model.py": ""},
+        "{cfg}: no version folder (e.g. '1/') holds the model",
+    ),
+    (
+        "negative_mbs",
+        'backend: "python"\nmax_batch_size: -2\n' + IO,
+        PY,
+        "{cfg}: max_batch_size: must be >= 0, got -2",
+    ),
+    (
+        "specific_missing",
+        'backend: "python"\nversion_policy { specific { versions: [1, 3] } }\n' + IO,
+        PY,
+        "{cfg}: version_policy.specific: version(s) [3] have no folder (found: [1])",
+    ),
+    (
+        "duplicate_input",
+        'backend: "python"\ninput [{ name: "A" data_type: TYPE_FP32 dims: [1] },'
+        '{ name: "A" data_type: TYPE_FP32 dims: [1] }]\n'
+        'output [{ name: "B" data_type: TYPE_FP32 dims: [1] }]',
+        PY,
+        "{cfg}: input 'A': is declared twice",
+    ),
+    (
+        "bad_reshape",
+        'backend: "python"\ninput [{ name: "A" data_type: TYPE_FP32 dims: [4] '
+        'reshape { shape: [3] } }]\noutput [{ name: "B" data_type: TYPE_FP32 dims: [1] }]',
+        PY,
+        "{cfg}: input 'A' reshape: has 3 elements but dims [4] have 4",
+    ),
+    (
+        "missing_labels",
+        'backend: "python"\ninput [{ name: "A" data_type: TYPE_FP32 dims: [4] }]\n'
+        'output [{ name: "B" data_type: TYPE_FP32 dims: [4] label_filename: "labels.txt" }]',
+        PY,
+        "{cfg}: output 'B' label_filename: file '{dir}/labels.txt' not found",
+    ),
+    (
+        "no_inputs",
+        'backend: "python"\noutput [{ name: "B" data_type: TYPE_FP32 dims: [1] }]',
+        PY,
+        "{cfg}: input: the model has no inputs (give them in config.pbtxt or a model file that "
+        "names them)",
+    ),
+    (
+        "import_error",
+        'backend: "python"\n' + IO,
+        {"1/model.py": "import not_a_module_xyz\n"},
+        "{dir}/1/model.py: import failed: ModuleNotFoundError: No module named 'not_a_module_xyz'",
+    ),
+    (
+        "no_class",
+        'backend: "python"\n' + IO,
+        {"1/model.py": "x = 1\n"},
+        "{dir}/1/model.py: defines no class TritonPythonModel",
+    ),
+    (
+        "init_raises",
+        'backend: "python"\n' + IO,
+        {
+            "1/model.py": (
+                "class TritonPythonModel:\n    def initialize(self, args):\n"
+                "        raise ValueError('weights missing')\n"
+            )
+        },
+        "{dir}/1/model.py: initialize() failed: ValueError: weights missing",
+    ),
+    (
+        "sequence",
+        'backend: "python"\nmax_batch_size: 2\nsequence_batching {}\n' + IO,
+        PY,
+        "{cfg}: sequence_batching: the sequence batcher is not supported by torchtide yet",
+    ),
 ]
 
 
@@ -118,8 +216,12 @@ def test_enough_distinct_cases() -> None:
 
 @pytest.mark.parametrize("name,config,files,expected", CASES, ids=[c[0] for c in CASES])
 def test_broken_config_reason(
-    index: dict[str, dict[str, str]], broken_repo: Path, name: str, config: str,
-    files: dict[str, str], expected: str,
+    index: dict[str, dict[str, str]],
+    broken_repo: Path,
+    name: str,
+    config: str,
+    files: dict[str, str],
+    expected: str,
 ) -> None:
     entry = index[name]
     assert entry["state"] == "UNAVAILABLE"
@@ -131,8 +233,9 @@ def test_good_model_ready_beside_broken(index: dict[str, dict[str, str]]) -> Non
     assert index["add_sub"]["state"] == "READY"
 
 
-def test_check_command_exit_codes(broken_repo: Path, tmp_path: Path,
-                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_command_exit_codes(
+    broken_repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["check", str(broken_repo)]) == 1
     out = capsys.readouterr().out
     assert "unknown_field" in out and "UNAVAILABLE" in out

@@ -34,8 +34,12 @@ async def make_server(tmp_path: Path) -> AsyncIterator[ServerFactory]:
     async def make(
         extra: str = "", max_batch_size: int = 8, dims: str = "[-1]", ragged: bool = False
     ) -> InferenceServer:
-        write_model(tmp_path, "probe", probe.probe_config(extra, max_batch_size, dims, ragged),
-                    {"1/model.py": probe.PROBE_PY})
+        write_model(
+            tmp_path,
+            "probe",
+            probe.probe_config(extra, max_batch_size, dims, ragged),
+            {"1/model.py": probe.PROBE_PY},
+        )
         s = InferenceServer(ServerOptions([tmp_path]))
         await s.start()
         assert s.is_ready(), s.repository_index()
@@ -48,11 +52,13 @@ async def make_server(tmp_path: Path) -> AsyncIterator[ServerFactory]:
         await s.stop(timeout=10)
 
 
-def infer(s: InferenceServer, n: int = 1, rid: str = "", value: float = 0.0,
-          width: int = 2, **params: Any) -> asyncio.Task[dict[str, Any]]:
+def infer(
+    s: InferenceServer, n: int = 1, rid: str = "", value: float = 0.0, width: int = 2, **params: Any
+) -> asyncio.Task[dict[str, Any]]:
     return asyncio.ensure_future(
-        s.infer_numpy("probe", {"IN": probe.rows(n, width, value)}, request_id=rid,
-                      parameters=params)
+        s.infer_numpy(
+            "probe", {"IN": probe.rows(n, width, value)}, request_id=rid, parameters=params
+        )
     )
 
 
@@ -265,8 +271,9 @@ async def test_one_instance_cannot_run_two_at_once(make_server: ServerFactory) -
     probe.BARRIER = threading.Barrier(2)
     probe.BARRIER_TIMEOUT = 2.0
     with pytest.raises(ServerError):
-        await asyncio.wait_for(asyncio.gather(infer(s, 1, "a", barrier=True),
-                                              infer(s, 1, "b", barrier=True)), 60)
+        await asyncio.wait_for(
+            asyncio.gather(infer(s, 1, "a", barrier=True), infer(s, 1, "b", barrier=True)), 60
+        )
 
 
 async def test_per_response_errors_fail_alone(make_server: ServerFactory) -> None:
@@ -328,8 +335,9 @@ async def test_statistics_add_up(make_server: ServerFactory) -> None:
     assert inf["success"]["count"] == 16
     assert inf["queue"]["count"] == inf["compute_infer"]["count"] == 16
     assert st["inference_count"] == sum(1 + i % 4 for i in range(16))
-    assert sum(b["batch_size"] * b["compute_infer"]["count"] for b in st["batch_stats"]) == st[
-        "inference_count"
-    ]
+    assert (
+        sum(b["batch_size"] * b["compute_infer"]["count"] for b in st["batch_stats"])
+        == st["inference_count"]
+    )
     assert sum(b["compute_infer"]["count"] for b in st["batch_stats"]) == st["execution_count"]
     assert st["execution_count"] == len(probe.CALLS)

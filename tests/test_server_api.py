@@ -19,7 +19,7 @@ from torchtide.errors import ServerError, Status
 from torchtide.server import InferenceServer, ServerOptions
 from torchtide.types import InferRequest, InferTensor, RequestedOutput
 
-VERSIONED_PY = '''
+VERSIONED_PY = """
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
@@ -35,7 +35,7 @@ class TritonPythonModel:
             out.append(pb_utils.InferenceResponse(
                 [pb_utils.Tensor("OUT", np.full(x.shape, self.version, np.float32))]))
         return out
-'''
+"""
 
 
 def versioned(policy: str = "") -> str:
@@ -63,11 +63,13 @@ async def started(repo: Path, **kw: Any) -> InferenceServer:
 
 async def test_version_policies(tmp_path: Path) -> None:
     write_versioned(tmp_path, "latest", "", ["1", "2", "3", "010", "abc"])
-    write_versioned(tmp_path, "latest2", "version_policy { latest { num_versions: 2 } }",
-                    ["1", "2", "3"])
+    write_versioned(
+        tmp_path, "latest2", "version_policy { latest { num_versions: 2 } }", ["1", "2", "3"]
+    )
     write_versioned(tmp_path, "all", "version_policy { all {} }", ["1", "2", "3"])
-    write_versioned(tmp_path, "specific", "version_policy { specific { versions: [1, 3] } }",
-                    ["1", "2", "3"])
+    write_versioned(
+        tmp_path, "specific", "version_policy { specific { versions: [1, 3] } }", ["1", "2", "3"]
+    )
     s = await started(tmp_path)
     try:
         assert s.model_metadata("latest")["versions"] == ["3"]  # '010', 'abc' ignored
@@ -75,8 +77,12 @@ async def test_version_policies(tmp_path: Path) -> None:
         assert s.model_metadata("all")["versions"] == ["1", "2", "3"]
         assert s.model_metadata("specific")["versions"] == ["1", "3"]
         assert s.model_metadata("all", "2")["versions"] == ["2"]
-        for name, version, want in [("all", "", 3), ("all", "1", 1), ("specific", "1", 1),
-                                    ("latest2", "02", 2)]:
+        for name, version, want in [
+            ("all", "", 3),
+            ("all", "1", 1),
+            ("specific", "1", 1),
+            ("latest2", "02", 2),
+        ]:
             out = await s.infer_numpy(name, {"IN": ONE}, version=version)
             assert out["OUT"][0, 0] == want
         with pytest.raises(ServerError) as ei:
@@ -123,7 +129,9 @@ async def test_unknown_model_and_statistics_errors(tmp_path: Path) -> None:
         with pytest.raises(ServerError) as ei:
             s.model_metadata("nope")
         assert (ei.value.status, ei.value.message) == (
-            Status.NOT_FOUND, "Request for unknown model: 'nope' is not found")
+            Status.NOT_FOUND,
+            "Request for unknown model: 'nope' is not found",
+        )
         with pytest.raises(ServerError) as ei:
             s.statistics("nope")
         assert ei.value.message == "requested model 'nope' is not available"
@@ -144,7 +152,9 @@ async def test_explicit_load_unload_and_override(tmp_path: Path) -> None:
         await s.load("add_sub")
         assert s.model_ready("add_sub")
         one = np.ones((1, 16), np.int32)
-        assert (await s.infer_numpy("add_sub", {"INPUT0": one, "INPUT1": one}))["OUTPUT0"].sum() == 32
+        assert (await s.infer_numpy("add_sub", {"INPUT0": one, "INPUT1": one}))[
+            "OUTPUT0"
+        ].sum() == 32
         await s.unload("add_sub")
         assert not s.model_ready("add_sub")
         entry = next(e for e in s.repository_index() if e["name"] == "add_sub")
@@ -208,12 +218,18 @@ async def test_reload_under_traffic_switches_atomically(tmp_path: Path) -> None:
 
 
 async def test_classification_extension(tmp_path: Path) -> None:
-    write_model(tmp_path, "scores", """
+    write_model(
+        tmp_path,
+        "scores",
+        """
         backend: "python"
         max_batch_size: 4
         input [{ name: "IN" data_type: TYPE_FP32 dims: [4] }]
         output [{ name: "OUT" data_type: TYPE_FP32 dims: [4] label_filename: "labels.txt" }]
-        """, {"labels.txt": "cat\ndog\nbird\nfish\n", "1/model.py": '''
+        """,
+        {
+            "labels.txt": "cat\ndog\nbird\nfish\n",
+            "1/model.py": """
 import triton_python_backend_utils as pb_utils
 
 
@@ -221,16 +237,25 @@ class TritonPythonModel:
     def execute(self, requests):
         return [pb_utils.InferenceResponse([pb_utils.Tensor(
             "OUT", pb_utils.get_input_tensor_by_name(r, "IN").as_numpy())]) for r in requests]
-'''})
+""",
+        },
+    )
     s = await started(tmp_path)
     try:
         x = np.array([[0.1, 0.9, 0.3, 0.2], [0.5, 0.1, 0.2, 0.7]], np.float32)
-        resp = await s.infer(InferRequest("scores", [InferTensor.of("IN", x)],
-                                          outputs=[RequestedOutput("OUT", classification=2)]))
+        resp = await s.infer(
+            InferRequest(
+                "scores",
+                [InferTensor.of("IN", x)],
+                outputs=[RequestedOutput("OUT", classification=2)],
+            )
+        )
         out = resp.outputs[0]
         assert out.datatype == "BYTES" and out.shape == (2, 2)
-        assert out.data.tolist() == [[b"0.900000:1:dog", b"0.300000:2:bird"],
-                                     [b"0.700000:3:fish", b"0.500000:0:cat"]]
+        assert out.data.tolist() == [
+            [b"0.900000:1:dog", b"0.300000:2:bird"],
+            [b"0.700000:3:fish", b"0.500000:0:cat"],
+        ]
     finally:
         await s.stop()
 
@@ -243,7 +268,8 @@ async def test_validation_messages(tmp_path: Path) -> None:
     try:
         for v in VECTORS:
             req = InferRequest(
-                v.model, [InferTensor(n, dt, arr) for n, (dt, arr) in v.inputs.items()],
+                v.model,
+                [InferTensor(n, dt, arr) for n, (dt, arr) in v.inputs.items()],
                 model_version=v.version,
                 outputs=None if v.outputs is None else [RequestedOutput(o) for o in v.outputs],
             )

@@ -44,8 +44,11 @@ class App:
             from torchtide.frontends.http import HttpFrontend
 
             self.frontends["http"] = HttpFrontend(
-                self.server, o.http_address, o.http_port,
-                max_input_size=o.http_max_input_size, allow_client_shm=o.allow_client_shm,
+                self.server,
+                o.http_address,
+                o.http_port,
+                max_input_size=o.http_max_input_size,
+                allow_client_shm=o.allow_client_shm,
             )
         if o.grpc_port is not None:
             from torchtide.frontends.grpc import GrpcFrontend
@@ -83,7 +86,7 @@ class AppThread:
         asyncio.set_event_loop(self.loop)
         try:
             self.loop.run_until_complete(self.app.start())
-        except BaseException as e:  # noqa: BLE001 - reported to the starting thread
+        except BaseException as e:
             self._error = e
             self._ready.set()
             return

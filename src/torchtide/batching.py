@@ -40,7 +40,9 @@ def split(outputs: Mapping[str, Array], rows: Sequence[int]) -> list[dict[str, A
     ]
 
 
-def shape_key(inputs: Mapping[str, Array], ragged: frozenset[str], batched: bool) -> tuple[Any, ...]:
+def shape_key(
+    inputs: Mapping[str, Array], ragged: frozenset[str], batched: bool
+) -> tuple[Any, ...]:
     """Requests batch together only when this key matches: same inputs, same shape beyond dim 0."""
     if not batched:
         return ()

@@ -23,8 +23,9 @@ async def check_repositories(repos: list[Path], auto_complete: bool = True) -> l
     await server.start()
     try:
         return [
-            ModelReport(e["name"], e.get("version", ""), e.get("state", "UNAVAILABLE"),
-                        e.get("reason", ""))
+            ModelReport(
+                e["name"], e.get("version", ""), e.get("state", "UNAVAILABLE"), e.get("reason", "")
+            )
             for e in server.repository_index()
         ]
     finally:
@@ -47,11 +48,11 @@ def run_check(repos: list[Path], auto_complete: bool = True) -> int:
     table.add_column("version")
     table.add_column("state")
     table.add_column("problem", overflow="fold")
-    for r in reports:
-        style = "green" if r.state == "READY" else "red"
-        table.add_row(r.name, r.version, f"[{style}]{r.state}[/]", r.reason)
+    for rep in reports:
+        style = "green" if rep.state == "READY" else "red"
+        table.add_row(rep.name, rep.version, f"[{style}]{rep.state}[/]", rep.reason)
     console.print(table)
-    broken = [r for r in reports if r.state != "READY"]
+    broken = [rep for rep in reports if rep.state != "READY"]
     if not reports:
         console.print("[yellow]no models found[/]")
     console.print(f"{len(reports) - len(broken)} ready, {len(broken)} broken")

@@ -16,18 +16,49 @@ from torchtide import __version__
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 # tritonserver flags we accept and ignore, so KServe-style invocations start unchanged.
-_IGNORED_FLAGS = """
---allow-gpu-metrics --allow-cpu-metrics --http-thread-count --grpc-infer-thread-count
---http-header-forward-pattern --grpc-header-forward-pattern --http-restricted-api
---grpc-restricted-protocol --grpc-use-ssl --grpc-use-ssl-mutual --grpc-server-cert
---grpc-server-key --grpc-root-cert --metrics-interval-ms --metrics-config --trace-config
---cache-config --rate-limit --rate-limit-resource --pinned-memory-pool-byte-size
---cuda-memory-pool-byte-size --backend-config --backend-directory --repoagent-directory
---model-config-name --id --buffer-manager-thread-count --model-load-thread-count
---min-supported-compute-capability --grpc-keepalive-time --grpc-keepalive-timeout
---grpc-http2-max-pings-without-data --grpc-infer-allocation-pool-size --reuse-http-port
---reuse-grpc-port --allow-sagemaker --allow-vertex-ai --sagemaker-port --vertex-ai-port
-""".split()
+_IGNORED_FLAGS = frozenset(
+    (
+        "--allow-gpu-metrics",
+        "--allow-cpu-metrics",
+        "--http-thread-count",
+        "--grpc-infer-thread-count",
+        "--http-header-forward-pattern",
+        "--grpc-header-forward-pattern",
+        "--http-restricted-api",
+        "--grpc-restricted-protocol",
+        "--grpc-use-ssl",
+        "--grpc-use-ssl-mutual",
+        "--grpc-server-cert",
+        "--grpc-server-key",
+        "--grpc-root-cert",
+        "--metrics-interval-ms",
+        "--metrics-config",
+        "--trace-config",
+        "--cache-config",
+        "--rate-limit",
+        "--rate-limit-resource",
+        "--pinned-memory-pool-byte-size",
+        "--cuda-memory-pool-byte-size",
+        "--backend-config",
+        "--backend-directory",
+        "--repoagent-directory",
+        "--model-config-name",
+        "--id",
+        "--buffer-manager-thread-count",
+        "--model-load-thread-count",
+        "--min-supported-compute-capability",
+        "--grpc-keepalive-time",
+        "--grpc-keepalive-timeout",
+        "--grpc-http2-max-pings-without-data",
+        "--grpc-infer-allocation-pool-size",
+        "--reuse-http-port",
+        "--reuse-grpc-port",
+        "--allow-sagemaker",
+        "--allow-vertex-ai",
+        "--sagemaker-port",
+        "--vertex-ai-port",
+    )
+)
 
 
 def _bool(value: str) -> bool:
@@ -40,8 +71,15 @@ def _bool(value: str) -> bool:
 
 
 def _add_bool(p: argparse.ArgumentParser, flag: str, default: bool, help: str) -> None:
-    p.add_argument(flag, type=_bool, nargs="?", const=True, default=default, metavar="BOOL",
-                   help=f"{help} (default: {str(default).lower()})")
+    p.add_argument(
+        flag,
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=default,
+        metavar="BOOL",
+        help=f"{help} (default: {str(default).lower()})",
+    )
 
 
 def serve_parser(prog: str = "torchtide serve") -> argparse.ArgumentParser:
@@ -51,16 +89,32 @@ def serve_parser(prog: str = "torchtide serve") -> argparse.ArgumentParser:
         "Takes tritonserver's flags with the same meaning and defaults.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model-repository", "--model-store", dest="repositories", action="append",
-                   type=Path, metavar="PATH", help="model repository (repeatable)")
+    p.add_argument(
+        "--model-repository",
+        "--model-store",
+        dest="repositories",
+        action="append",
+        type=Path,
+        metavar="PATH",
+        help="model repository (repeatable)",
+    )
     p.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default="none")
     p.add_argument("--repository-poll-secs", type=float, default=15.0)
-    p.add_argument("--load-model", action="append", default=[], metavar="NAME",
-                   help="model to load at start in explicit mode (repeatable, '*' = all)")
+    p.add_argument(
+        "--load-model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="model to load at start in explicit mode (repeatable, '*' = all)",
+    )
     _add_bool(p, "--strict-readiness", True, "ready only when every model is ready")
     _add_bool(p, "--exit-on-error", False, "exit if a model fails to load at start")
-    p.add_argument("--exit-timeout-secs", type=float, default=30.0,
-                   help="how long shutdown waits for in-flight requests")
+    p.add_argument(
+        "--exit-timeout-secs",
+        type=float,
+        default=30.0,
+        help="how long shutdown waits for in-flight requests",
+    )
     _add_bool(p, "--disable-auto-complete-config", False, "do not fill config from model files")
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=8001)
@@ -77,21 +131,27 @@ def serve_parser(prog: str = "torchtide serve") -> argparse.ArgumentParser:
     _add_bool(p, "--log-info", True, "log info messages")
     _add_bool(p, "--log-warning", True, "log warnings")
     _add_bool(p, "--log-error", True, "log errors")
-    p.add_argument("--log-format", choices=["default", "ISO8601", "json"], default="default",
-                   help="'json' (ours) writes JSON lines")
+    p.add_argument(
+        "--log-format",
+        choices=["default", "ISO8601", "json"],
+        default="default",
+        help="'json' (ours) writes JSON lines",
+    )
     p.add_argument("--log-file", default="", metavar="PATH")
     return p
 
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps({
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        })
+        return json.dumps(
+            {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+                + f".{int(record.msecs):03d}Z",
+                "level": record.levelname,
+                "logger": record.name,
+                "message": record.getMessage(),
+            }
+        )
 
 
 def setup_logging(args: argparse.Namespace) -> logging.Logger:
@@ -102,11 +162,15 @@ def setup_logging(args: argparse.Namespace) -> logging.Logger:
     if args.log_format == "json":
         handler.setFormatter(_JsonFormatter())
     elif args.log_format == "ISO8601":
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s] %(message)s",
-                                               "%Y-%m-%dT%H:%M:%SZ"))
+        handler.setFormatter(
+            logging.Formatter(
+                "%(asctime)s %(levelname)s %(name)s] %(message)s", "%Y-%m-%dT%H:%M:%SZ"
+            )
+        )
     else:
-        handler.setFormatter(logging.Formatter("%(levelname).1s%(asctime)s %(name)s] %(message)s",
-                                               "%m%d %H:%M:%S"))
+        handler.setFormatter(
+            logging.Formatter("%(levelname).1s%(asctime)s %(name)s] %(message)s", "%m%d %H:%M:%S")
+        )
     logger.handlers[:] = [handler]
     logger.propagate = False
     return logger
@@ -158,8 +222,13 @@ def cmd_serve(argv: list[str], prog: str = "torchtide serve") -> int:
     async def main() -> int:
         app = App(options)
         app.server.log_settings = LogSettings(
-            log, verbose=args.log_verbose, info=args.log_info, warning=args.log_warning,
-            error=args.log_error, fmt=fmt, file=args.log_file,
+            log,
+            verbose=args.log_verbose,
+            info=args.log_info,
+            warning=args.log_warning,
+            error=args.log_error,
+            fmt=fmt,
+            file=args.log_file,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -170,8 +239,12 @@ def cmd_serve(argv: list[str], prog: str = "torchtide serve") -> int:
             log.info("started %s on port %d", name, fe.port)
         failed = [e for e in app.server.repository_index() if e.get("state") == "UNAVAILABLE"]
         for e in failed:
-            log.error("model '%s' version %s is UNAVAILABLE: %s", e["name"], e.get("version"),
-                      e.get("reason"))
+            log.error(
+                "model '%s' version %s is UNAVAILABLE: %s",
+                e["name"],
+                e.get("version"),
+                e.get("reason"),
+            )
         if failed and args.exit_on_error:
             await app.stop(0)
             return EXIT_FAIL
@@ -215,8 +288,10 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(f"usage: torchtide <command> [options]\n\ntorchtide {__version__}: a Triton-compatible "
-              "inference server for PyTorch, ONNX and Python models.\n\ncommands:")
+        print(
+            f"usage: torchtide <command> [options]\n\ntorchtide {__version__}: a Triton-compatible "
+            "inference server for PyTorch, ONNX and Python models.\n\ncommands:"
+        )
         for name, (text, _) in COMMANDS.items():
             print(f"  {name:<8} {text}")
         print("\nRun 'torchtide <command> --help' for a command's options.")

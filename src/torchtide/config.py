@@ -143,7 +143,12 @@ def resolve_backend(cfg: ModelConfig, model_dir: Path, versions: list[int]) -> s
                 return FILE_BACKEND[fname]
             if cfg.default_model_filename and (model_dir / str(v) / fname).exists():
                 suffix = Path(fname).suffix
-                guess = {".py": "python", ".pt": "pytorch", ".pt2": "pytorch", ".onnx": "onnxruntime"}
+                guess = {
+                    ".py": "python",
+                    ".pt": "pytorch",
+                    ".pt2": "pytorch",
+                    ".onnx": "onnxruntime",
+                }
                 if suffix in guess:
                     return guess[suffix]
     raise ConfigError(
@@ -171,14 +176,16 @@ def complete_defaults(cfg: ModelConfig, model_name: str, backend: str, gpu_count
         if not group.name:
             group.name = f"{cfg.name}_{i}"
         if group.kind == mc.ModelInstanceGroup.KIND_AUTO:
-            group.kind = mc.ModelInstanceGroup.KIND_GPU if gpu_count else mc.ModelInstanceGroup.KIND_CPU
+            group.kind = (
+                mc.ModelInstanceGroup.KIND_GPU if gpu_count else mc.ModelInstanceGroup.KIND_CPU
+            )
         if group.count == 0:
             group.count = 1
         if group.kind == mc.ModelInstanceGroup.KIND_GPU and not group.gpus:
             group.gpus.extend(range(gpu_count))
-    if cfg.HasField("dynamic_batching") and not cfg.dynamic_batching.preferred_batch_size:
-        if cfg.max_batch_size > 0:
-            cfg.dynamic_batching.preferred_batch_size.append(cfg.max_batch_size)
+    db = cfg.dynamic_batching
+    if cfg.HasField("dynamic_batching") and not db.preferred_batch_size and cfg.max_batch_size > 0:
+        db.preferred_batch_size.append(cfg.max_batch_size)
     if not cfg.optimization.HasField("input_pinned_memory"):
         cfg.optimization.input_pinned_memory.enable = True
     if not cfg.optimization.HasField("output_pinned_memory"):
@@ -201,9 +208,15 @@ def validate(cfg: ModelConfig, source: str, gpu_count: int) -> None:
     if cfg.HasField("ensemble_scheduling"):
         fail("ensemble_scheduling", "ensembles are not supported by torchtide yet")
     if not cfg.input:
-        fail("input", "the model has no inputs (give them in config.pbtxt or a model file that names them)")
+        fail(
+            "input",
+            "the model has no inputs (give them in config.pbtxt or a model file that names them)",
+        )
     if not cfg.output:
-        fail("output", "the model has no outputs (give them in config.pbtxt or a model file that names them)")
+        fail(
+            "output",
+            "the model has no outputs (give them in config.pbtxt or a model file that names them)",
+        )
     for kind, tensors in (("input", cfg.input), ("output", cfg.output)):
         seen: set[str] = set()
         for t in tensors:
@@ -271,7 +284,9 @@ def _prod(xs: list[int]) -> int:
 def _validate_batching(cfg: ModelConfig, fail: Any) -> None:
     db = cfg.dynamic_batching
     if cfg.max_batch_size == 0:
-        fail("dynamic_batching", "requires max_batch_size > 0 (max_batch_size is 0: batching is off)")
+        fail(
+            "dynamic_batching", "requires max_batch_size > 0 (max_batch_size is 0: batching is off)"
+        )
     for p in db.preferred_batch_size:
         if p < 1 or p > cfg.max_batch_size:
             fail(

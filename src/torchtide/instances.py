@@ -11,7 +11,15 @@ from typing import Any
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from torchtide.backends.base import Backend, InstanceInfo, LoadContext, ModelInstance, Result, Timing, Work
+from torchtide.backends.base import (
+    Backend,
+    InstanceInfo,
+    LoadContext,
+    ModelInstance,
+    Result,
+    Timing,
+    Work,
+)
 
 
 class InstanceRunner:

@@ -12,8 +12,17 @@ _FORMATS = ("default", "ISO8601")
 
 
 class LogSettings:
-    def __init__(self, logger: logging.Logger | None = None, *, verbose: int = 0, info: bool = True,
-                 warning: bool = True, error: bool = True, fmt: str = "default", file: str = "") -> None:
+    def __init__(
+        self,
+        logger: logging.Logger | None = None,
+        *,
+        verbose: int = 0,
+        info: bool = True,
+        warning: bool = True,
+        error: bool = True,
+        fmt: str = "default",
+        file: str = "",
+    ) -> None:
         self.logger = logger or logging.getLogger("torchtide")
         self.values: dict[str, Any] = {
             "log_file": file,
@@ -37,15 +46,21 @@ class LogSettings:
                     raise invalid_arg(f"expecting a bool for '{key}', got {value!r}")
             elif key == "log_verbose_level":
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                    raise invalid_arg(f"expecting a non-negative integer for '{key}', got {value!r}")
+                    raise invalid_arg(
+                        f"expecting a non-negative integer for '{key}', got {value!r}"
+                    )
             elif key == "log_format":
                 if value not in _FORMATS:
-                    raise invalid_arg(f"invalid log_format {value!r}; expected one of {list(_FORMATS)}")
+                    raise invalid_arg(
+                        f"invalid log_format {value!r}; expected one of {list(_FORMATS)}"
+                    )
             elif key == "log_file":
                 if not isinstance(value, str):
                     raise invalid_arg(f"expecting a string for 'log_file', got {value!r}")
                 if value != self.values["log_file"]:
-                    raise invalid_arg("changing log_file at run time is not supported; use --log-file")
+                    raise invalid_arg(
+                        "changing log_file at run time is not supported; use --log-file"
+                    )
             else:
                 raise invalid_arg(f"unknown logging setting '{key}'")
             new[key] = value

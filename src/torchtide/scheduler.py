@@ -9,6 +9,7 @@ is measured from the oldest queued request on a monotonic clock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import time
@@ -79,15 +80,16 @@ class BatchPolicy:
         levels = max(1, int(db.priority_levels))
         default = QueuePolicy.of(db.default_queue_policy)
         policies = tuple(
-            QueuePolicy.of(db.priority_queue_policy[lv]) if lv in db.priority_queue_policy else default
+            QueuePolicy.of(db.priority_queue_policy[lv])
+            if lv in db.priority_queue_policy
+            else default
             for lv in range(1, levels + 1)
         )
         return cls(
             dynamic=True,
             max_batch_size=int(cfg.max_batch_size),
-            preferred=frozenset(int(p) for p in db.preferred_batch_size) or frozenset(
-                {int(cfg.max_batch_size)}
-            ),
+            preferred=frozenset(int(p) for p in db.preferred_batch_size)
+            or frozenset({int(cfg.max_batch_size)}),
             delay_ns=int(db.max_queue_delay_microseconds) * 1000,
             preserve_ordering=bool(db.preserve_ordering),
             levels=levels,
@@ -100,7 +102,9 @@ TIMEOUT_MESSAGE = "Request timeout expired"
 
 
 class Scheduler:
-    def __init__(self, policy: BatchPolicy, instances: list[InstanceRunner], stats: ModelStats) -> None:
+    def __init__(
+        self, policy: BatchPolicy, instances: list[InstanceRunner], stats: ModelStats
+    ) -> None:
         self.policy = policy
         self.stats = stats
         self.idle: deque[InstanceRunner] = deque(instances)
@@ -127,7 +131,9 @@ class Scheduler:
 
     def enqueue(self, work: Work, key: tuple[Any, ...], request_id: str) -> Pending:
         if not self._accepting:
-            raise unavailable("model is unloading or the server is shutting down; not accepting requests")
+            raise unavailable(
+                "model is unloading or the server is shutting down; not accepting requests"
+            )
         now = time.monotonic_ns()
         level = self._level(work.parameters)
         policy = self.policy.policies[level]
@@ -157,14 +163,14 @@ class Scheduler:
 
     @staticmethod
     def _timeout_us(policy: QueuePolicy, params: dict[str, Any]) -> int:
-        timeout = policy.timeout_us
+        # The request may only shorten the queue timeout. With no default (0 = none) any
+        # positive request timeout applies (Triton ignores it then; see README).
         asked = params.get("timeout")
-        if policy.allow_override and isinstance(asked, int) and not isinstance(asked, bool) and asked > 0:
-            # The request may only shorten the queue timeout. With no default (0 = none) any
-            # positive request timeout applies (Triton ignores it then; see README).
-            if timeout == 0 or asked < timeout:
-                timeout = asked
-        return timeout
+        if not policy.allow_override or not isinstance(asked, int) or isinstance(asked, bool):
+            return policy.timeout_us
+        if asked > 0 and (policy.timeout_us == 0 or asked < policy.timeout_us):
+            return asked
+        return policy.timeout_us
 
     def cancel(self, p: Pending) -> None:
         """The caller went away: a queued request never reaches the model."""
@@ -180,10 +186,8 @@ class Scheduler:
             if timeout is None:
                 await self._wake.wait()
             else:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
-                except TimeoutError:
-                    pass
             self._wake.clear()
 
     def _schedule(self) -> float | None:
@@ -213,7 +217,9 @@ class Scheduler:
                 continue
             if self.policy.policies[p.level].reject_on_timeout:
                 self._remove(p)
-                self._finish_early(p, ServerError(Status.UNAVAILABLE, TIMEOUT_MESSAGE), "REJECTED", now)
+                self._finish_early(
+                    p, ServerError(Status.UNAVAILABLE, TIMEOUT_MESSAGE), "REJECTED", now
+                )
             else:
                 self._remove(p)
                 p.state = State.QUEUED
@@ -282,7 +288,9 @@ class Scheduler:
             while q and q[0].work.cancelled:
                 p = q.popleft()
                 self.stats.pending -= 1
-                self._finish_early(p, ServerError(Status.CANCELLED, "request cancelled"), "CANCELED", now)
+                self._finish_early(
+                    p, ServerError(Status.CANCELLED, "request cancelled"), "CANCELED", now
+                )
 
     def _finish_early(self, p: Pending, err: ServerError, reason: str, now: int) -> None:
         p.state = State.DONE
@@ -323,8 +331,10 @@ class Scheduler:
         try:
             results = fut.result()
             if len(results) != len(batch):
-                raise RuntimeError(f"instance returned {len(results)} results for {len(batch)} requests")
-        except Exception as e:  # noqa: BLE001 - a broken instance fails this batch, never the loop
+                raise RuntimeError(
+                    f"instance returned {len(results)} results for {len(batch)} requests"
+                )
+        except Exception as e:
             err = ServerError(Status.INTERNAL, f"{type(e).__name__}: {e}")
             results = [err] * len(batch)
         ran = [p for p, r in zip(batch, results, strict=True) if not p.work.cancelled]
@@ -373,14 +383,14 @@ class Scheduler:
         self._accepting = False
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         # anything still queued (drain timed out) fails cleanly
         now = time.monotonic_ns()
         for _, p in list(self._order()):
-            self._finish_early(p, unavailable("model was unloaded before the request ran"), "OTHER", now)
+            self._finish_early(
+                p, unavailable("model was unloaded before the request ran"), "OTHER", now
+            )
         for q in (*self.queues, self.delayed):
             q.clear()
         self.stats.pending = 0

@@ -121,7 +121,9 @@ class ServedVersion:
             names = []
             for o in req.outputs:
                 if o.name not in spec.outputs:
-                    raise invalid_arg(f"unexpected inference output '{o.name}' for model '{spec.name}'")
+                    raise invalid_arg(
+                        f"unexpected inference output '{o.name}' for model '{spec.name}'"
+                    )
                 names.append(o.name)
         return inputs, (rows if batched else 1), names
 
@@ -156,7 +158,9 @@ class ServedVersion:
             raise
         if isinstance(result, ServerError):
             raise result
-        return InferResponse(req.model_name, self.version_str, req.id, self._outputs(req, result, rows))
+        return InferResponse(
+            req.model_name, self.version_str, req.id, self._outputs(req, result, rows)
+        )
 
     def _outputs(self, req: InferRequest, result: dict[str, Array], rows: int) -> list[InferTensor]:
         wanted = {o.name: o for o in req.outputs} if req.outputs is not None else None
@@ -193,10 +197,11 @@ class ServedVersion:
             idx = np.argsort(-row, kind="stable")[:k]
             table.append(
                 [
-                    (f"{float(row[i]):f}:{int(i)}" + (f":{labels[i]}" if i < len(labels) else "")).encode()
+                    (
+                        f"{float(row[i]):f}:{int(i)}" + (f":{labels[i]}" if i < len(labels) else "")
+                    ).encode()
                     for i in idx
                 ]
             )
         data = np.array(table, dtype=np.object_)
         return InferTensor(name, "BYTES", data if batched else data.reshape(k))
-

@@ -11,13 +11,14 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from torchtide import __version__, config as cfgmod
+from torchtide import __version__
+from torchtide import config as cfgmod
 from torchtide.backends.base import LoadContext
 from torchtide.config import ConfigError, ModelConfig
 from torchtide.errors import ServerError, Status, invalid_arg, not_found, unavailable
 from torchtide.instances import InstanceRunner, instance_infos
-from torchtide.repository import Prepared, prepare, scan, version_dirs
 from torchtide.logsettings import LogSettings
+from torchtide.repository import Prepared, prepare, scan, version_dirs
 from torchtide.served import ServedVersion
 from torchtide.shm import SharedMemoryRegistry
 from torchtide.types import InferRequest, InferResponse, InferTensor
@@ -75,7 +76,7 @@ def detect_gpus() -> int:
         import torch
 
         return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
-    except Exception:  # noqa: BLE001 - no torch or no driver: no GPU
+    except Exception:
         return 0
 
 
@@ -286,8 +287,9 @@ class InferenceServer:
                 "explicit model load / unload is not allowed when --model-control-mode is 'none'"
             )
 
-    async def load(self, name: str, config_json: str | None = None,
-                   files: dict[str, bytes] | None = None) -> None:
+    async def load(
+        self, name: str, config_json: str | None = None, files: dict[str, bytes] | None = None
+    ) -> None:
         """The repository API's load (explicit mode): optional config override and files."""
         self._check_control()
         override = None
@@ -362,7 +364,9 @@ class InferenceServer:
         record.states = {v: (ModelState.READY, "") for v in new}
         for v in version_dirs(model_dir):
             if v not in new:
-                record.states.setdefault(v, (ModelState.UNAVAILABLE, "not selected by version_policy"))
+                record.states.setdefault(
+                    v, (ModelState.UNAVAILABLE, "not selected by version_policy")
+                )
         if old:
             asyncio.get_running_loop().create_task(self._retire(list(old.values())))
 

@@ -6,6 +6,7 @@ Lives in the core so HTTP and gRPC share one registry. Regions are POSIX shm obj
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 from dataclasses import dataclass
@@ -27,7 +28,12 @@ class Region:
     mm: mmap.mmap
 
     def status(self) -> dict[str, Any]:
-        return {"name": self.name, "key": self.key, "offset": self.offset, "byte_size": self.byte_size}
+        return {
+            "name": self.name,
+            "key": self.key,
+            "offset": self.offset,
+            "byte_size": self.byte_size,
+        }
 
 
 class SharedMemoryRegistry:
@@ -36,14 +42,18 @@ class SharedMemoryRegistry:
 
     def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
         if name in self.regions:
-            raise ServerError(Status.ALREADY_EXISTS, f"shared memory region '{name}' already in manager")
+            raise ServerError(
+                Status.ALREADY_EXISTS, f"shared memory region '{name}' already in manager"
+            )
         if offset < 0 or byte_size <= 0:
             raise invalid_arg(f"failed to register shared memory region '{name}': invalid args")
         path = os.path.join(SHM_DIR, key.lstrip("/"))
         try:
             fd = os.open(path, os.O_RDWR)
         except OSError:
-            raise ServerError(Status.INTERNAL, f"Unable to open shared memory region: '{key}'") from None
+            raise ServerError(
+                Status.INTERNAL, f"Unable to open shared memory region: '{key}'"
+            ) from None
         try:
             size = os.fstat(fd).st_size
             if offset + byte_size > size:
@@ -59,10 +69,9 @@ class SharedMemoryRegistry:
         for n in names:
             region = self.regions.pop(n, None)
             if region is not None:
-                try:
+                # a live numpy view may still reference it; then GC closes it
+                with contextlib.suppress(BufferError):
                     region.mm.close()
-                except BufferError:  # a live numpy view still references it; GC closes it
-                    pass
 
     def status(self, name: str = "") -> list[dict[str, Any]]:
         if name:
@@ -85,7 +94,9 @@ class SharedMemoryRegistry:
         region, start = self._span(name, offset, byte_size)
         return memoryview(region.mm)[start : start + byte_size]
 
-    def write(self, name: str, offset: int, byte_size: int, data: bytes | memoryview, output: str) -> None:
+    def write(
+        self, name: str, offset: int, byte_size: int, data: bytes | memoryview, output: str
+    ) -> None:
         region, start = self._span(name, offset, byte_size)
         n = len(data)
         if n > byte_size:
@@ -101,4 +112,4 @@ class SharedMemoryRegistry:
 
 
 def array_bytes(arr: np.ndarray[Any, Any]) -> memoryview:
-    return memoryview(np.ascontiguousarray(arr)).cast("B")
+    return memoryview(np.ascontiguousarray(arr).data).cast("B")

@@ -1,4 +1,7 @@
-"""The core's request and response shapes. Front-ends build these; the core never sees bytes on a wire."""
+"""The core's request and response shapes.
+
+Front-ends build these; the core never sees bytes on a wire.
+"""
 
 from __future__ import annotations
 

@@ -102,7 +102,7 @@ class TensorInstance(ModelInstance):
         names = _union_outputs(live)
         try:
             results: list[Result] = list(self._run_batch(live, names, timing))
-        except Exception as e:  # noqa: BLE001 - any model failure becomes a per-request error
+        except Exception as e:
             if len(live) == 1:
                 results = [_as_error(e)]
             else:
@@ -110,7 +110,7 @@ class TensorInstance(ModelInstance):
                 for w in live:
                     try:
                         results.extend(self._run_batch([w], names, timing))
-                    except Exception as e1:  # noqa: BLE001
+                    except Exception as e1:
                         results.append(_as_error(e1))
         it = iter(results)
         return [_cancelled() if w.cancelled else next(it) for w in work]

@@ -1,5 +1,5 @@
-"""ONNX Runtime backend: `model.onnx`, session options from the config, inputs/outputs auto-completed
-from the graph."""
+"""ONNX Runtime backend: `model.onnx`, session options from the config, inputs and outputs
+auto-completed from the graph."""
 
 from __future__ import annotations
 
@@ -58,8 +58,10 @@ def _session_options(cfg: ModelConfig) -> ort.SessionOptions:
 
 def _providers(device: str) -> list[Any]:
     if device.startswith("cuda"):
-        return [("CUDAExecutionProvider", {"device_id": int(device.split(":")[1])}),
-                "CPUExecutionProvider"]
+        return [
+            ("CUDAExecutionProvider", {"device_id": int(device.split(":")[1])}),
+            "CPUExecutionProvider",
+        ]
     return ["CPUExecutionProvider"]
 
 
@@ -81,7 +83,9 @@ class OnnxBackend(Backend):
         def fill(tensors: Any, arg: Any) -> None:
             wire = _ORT_WIRE.get(arg.type)
             if wire is None:
-                raise ConfigError(f"{model_file}: tensor '{arg.name}' has unsupported type {arg.type}")
+                raise ConfigError(
+                    f"{model_file}: tensor '{arg.name}' has unsupported type {arg.type}"
+                )
             dims = [d if isinstance(d, int) and d > 0 else -1 for d in arg.shape[skip:]]
             tensors.add(
                 name=arg.name, data_type=mc.DataType.Value(dtypes.BY_WIRE[wire].config), dims=dims
@@ -102,7 +106,9 @@ class OnnxInstance(TensorInstance):
     def __init__(self, ctx: LoadContext) -> None:
         self.batched = ctx.spec.max_batch_size > 0
         self.session = ort.InferenceSession(
-            str(ctx.model_file), _session_options(ctx.config), providers=_providers(ctx.instance.device)
+            str(ctx.model_file),
+            _session_options(ctx.config),
+            providers=_providers(ctx.instance.device),
         )
         graph_inputs = {a.name: a for a in self.session.get_inputs()}
         graph_outputs = {a.name for a in self.session.get_outputs()}

@@ -16,9 +16,9 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-import triton_python_backend_utils as pb_utils
 from google.protobuf import json_format
 
+import triton_python_backend_utils as pb_utils
 from torchtide.backends.base import (
     Array,
     Backend,
@@ -187,7 +187,7 @@ class PythonInstance(ModelInstance):
         t1 = time.perf_counter_ns()
         try:
             responses = self.pm.call(self.pm.model.execute, requests) if requests else []
-        except Exception as e:  # noqa: BLE001 - an exception fails every request of this call
+        except Exception as e:
             err = _exception_error(e)
             responses = None
         t2 = time.perf_counter_ns()
@@ -195,13 +195,19 @@ class PythonInstance(ModelInstance):
             results: list[Result] = [err for _ in live]
         elif not isinstance(responses, (list, tuple)) or len(responses) != len(live):
             n = len(responses) if isinstance(responses, (list, tuple)) else type(responses).__name__
-            msg = f"execute() must return one InferenceResponse per request: got {n} for {len(live)}"
+            msg = (
+                f"execute() must return one InferenceResponse per request: got {n} for {len(live)}"
+            )
             results = [internal(msg) for _ in live]
         else:
-            results = [_from_response(r, w.output_names) for r, w in zip(responses, live, strict=True)]
+            results = [
+                _from_response(r, w.output_names) for r, w in zip(responses, live, strict=True)
+            ]
         it = iter(results)
-        final = [ServerError(Status.CANCELLED, "request cancelled") if w.cancelled else next(it)
-                 for w in work]
+        final = [
+            ServerError(Status.CANCELLED, "request cancelled") if w.cancelled else next(it)
+            for w in work
+        ]
         timing.input_ns += t1 - t0
         timing.infer_ns += t2 - t1
         timing.output_ns += time.perf_counter_ns() - t2
@@ -229,7 +235,9 @@ class StackedPythonInstance(TensorInstance):
         request = self.pm.make_request(Work(inputs=inputs, rows=0, output_names=output_names))
         responses = self.pm.call(self.pm.model.execute, [request])
         if not isinstance(responses, (list, tuple)) or len(responses) != 1:
-            raise internal("execute() must return a list with one InferenceResponse in stacked mode")
+            raise internal(
+                "execute() must return a list with one InferenceResponse in stacked mode"
+            )
         result = _from_response(responses[0], output_names)
         if isinstance(result, ServerError):
             raise result

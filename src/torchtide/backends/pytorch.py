@@ -38,7 +38,7 @@ class PyTorchBackend(Backend):
                     "(or serve a torch.export program, model.pt2, which does)"
                 )
             return
-        ep = torch.export.load(str(model_file))
+        ep = torch.export.load(str(model_file))  # type: ignore[no-untyped-call]
         _complete_from_export(cfg, ep)
 
     def load(self, ctx: LoadContext) -> PyTorchInstance:
@@ -88,11 +88,14 @@ class PyTorchInstance(TensorInstance):
         path = ctx.model_file
         if path.suffix == ".pt2":
             self.module: Any = torch.export.load(str(path)).module()
-            arg_names = [s.arg.name for s in torch.export.load(str(path)).graph_signature.input_specs
-                         if s.kind.name == "USER_INPUT"]
+            arg_names = [
+                s.arg.name
+                for s in torch.export.load(str(path)).graph_signature.input_specs
+                if s.kind.name == "USER_INPUT"
+            ]
             self.module.to(self.device)
         else:
-            self.module = torch.jit.load(str(path), map_location=self.device)
+            self.module = torch.jit.load(str(path), map_location=self.device)  # type: ignore[no-untyped-call]
             self.module.eval()
             arg_names = [a.name for a in self.module.forward.schema.arguments[1:]]
         self.positions = _bind_inputs(list(ctx.spec.inputs), arg_names, path)
@@ -126,7 +129,9 @@ class PyTorchInstance(TensorInstance):
             elif isinstance(result, (tuple, list)):
                 idx = self.output_index[name]
                 if idx is None or idx >= len(result):
-                    raise internal(f"output '{name}' does not match the {len(result)} returned tensors")
+                    raise internal(
+                        f"output '{name}' does not match the {len(result)} returned tensors"
+                    )
                 t = result[idx]
             else:
                 if self.output_index[name] not in (0, None):
