@@ -22,6 +22,7 @@ from torchtide.repository import Prepared, prepare, scan, version_dirs
 from torchtide.served import ServedVersion
 from torchtide.shm import SharedMemoryRegistry
 from torchtide.types import InferRequest, InferResponse, InferTensor
+from torchtide.warmup import warm_up
 
 log = logging.getLogger("torchtide.server")
 
@@ -69,6 +70,7 @@ class ModelRecord:
     config: ModelConfig | None = None
     override: ModelConfig | None = None
     load_seconds: float = 0.0
+    fingerprint: tuple[Any, ...] = ()  # the files as they were when the last load began
 
 
 def detect_gpus() -> int:
@@ -89,6 +91,7 @@ class InferenceServer:
         self._started = False
         self._stopping = False
         self._startup_done = False
+        self._poll_task: asyncio.Task[None] | None = None
         self.shm = SharedMemoryRegistry()  # client-registered system shared memory
         self.log_settings = LogSettings()
 
@@ -109,6 +112,31 @@ class InferenceServer:
             *(self._load_quietly(n) for n in targets if n not in dupes), return_exceptions=False
         )
         self._startup_done = True
+        if self.options.control_mode == "poll":
+            self._poll_task = asyncio.get_running_loop().create_task(self._poll_loop())
+
+    async def _poll_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self.options.poll_secs)
+            try:
+                await self.poll_once()
+            except Exception:  # noqa: BLE001 - polling must survive anything the disk does
+                log.exception("repository poll failed")
+
+    async def poll_once(self) -> None:
+        """Apply what changed on disk: new models load, removed ones unload, changed ones reload
+        (beside the old version, which keeps serving if the new one is broken)."""
+        names, dupes = await asyncio.to_thread(scan, self.options.repositories)
+        prints = await asyncio.to_thread(lambda: {n: fingerprint(d) for n, d in names.items()})
+        for name in [n for n in self.models if n not in names]:
+            await self.unload_model(name)  # its folder is gone: drain, release, forget
+            self.models.pop(name, None)
+        for name in sorted(names):
+            if name in dupes:
+                continue
+            known = self.models.get(name)
+            if known is None or known.fingerprint != prints[name]:
+                await self._load_quietly(name)
 
     async def _load_quietly(self, name: str) -> None:
         try:
@@ -120,6 +148,8 @@ class InferenceServer:
         """Stop accepting, drain in-flight work within `timeout`, then unload everything.
         True when all in-flight requests finished."""
         self._stopping = True
+        if self._poll_task is not None:
+            self._poll_task.cancel()
         timeout = self.options.exit_timeout_s if timeout is None else timeout
         versions = [v for r in self.models.values() for v in r.served.values()]
         results = await asyncio.gather(*(v.scheduler.drain(timeout) for v in versions))
@@ -336,6 +366,7 @@ class InferenceServer:
         if record is None:
             record = self.models[name] = ModelRecord(name, model_dir)
         record.model_dir = model_dir
+        record.fingerprint = await asyncio.to_thread(fingerprint, model_dir)
         if override is not None:
             record.override = override
         started = time.perf_counter()
@@ -402,6 +433,8 @@ class InferenceServer:
                         for r in version_runners
                     )
                 )
+                if prepared.config.model_warmup:
+                    await warm_up(prepared.config, version_runners, model_dir)
                 built[v] = ServedVersion(prepared.config, v, version_runners, model_dir)
         except BaseException:
             await asyncio.gather(*(r.close() for r in runners), return_exceptions=True)
@@ -426,6 +459,17 @@ class InferenceServer:
             record.states = {v.version: (ModelState.UNLOADING, "") for v in old}
             await self._retire(old)
             record.states = {v.version: (ModelState.UNAVAILABLE, "unloaded") for v in old}
+
+
+def fingerprint(model_dir: Path) -> tuple[Any, ...]:
+    """What poll mode compares: every file's path, size and mtime (bytecode caches excluded)."""
+    items = []
+    for p in sorted(model_dir.rglob("*")):
+        if "__pycache__" in p.parts or not p.is_file():
+            continue
+        st = p.stat()
+        items.append((str(p.relative_to(model_dir)), st.st_size, st.st_mtime_ns))
+    return tuple(items)
 
 
 def parse_version(version: str) -> int:
