@@ -55,6 +55,7 @@ class ServerOptions:
     exit_timeout_s: float = 30.0
     poll_secs: float = 15.0
     gpu_count: int = -1  # -1: detect
+    latency_histograms: bool = True  # beyond Triton: per-stage latency histograms (metrics)
 
 
 @dataclass
@@ -402,7 +403,13 @@ class InferenceServer:
                         for r in version_runners
                     )
                 )
-                built[v] = ServedVersion(prepared.config, v, version_runners, model_dir)
+                built[v] = ServedVersion(
+                    prepared.config,
+                    v,
+                    version_runners,
+                    model_dir,
+                    histograms=self.options.latency_histograms,
+                )
         except BaseException:
             await asyncio.gather(*(r.close() for r in runners), return_exceptions=True)
             raise
