@@ -22,15 +22,18 @@ def standard_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return standard_repository(tmp_path_factory.mktemp("repo"))
 
 
-def start_app(repo: Path, *, http: bool = True, grpc: bool = True, **kwargs: object) -> AppThread:
+def start_app(
+    repo: Path, *, http: bool = True, grpc: bool = True, metrics: bool = False, **kwargs: object
+) -> AppThread:
     server_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in ServerOptions.__dataclass_fields__}
     opts = AppOptions(
         server=ServerOptions([repo], **server_kwargs),  # type: ignore[arg-type]
         http_port=free_port() if http else None,
         grpc_port=free_port() if grpc else None,
-        metrics_port=None,
+        metrics_port=free_port() if metrics else None,
         http_address="127.0.0.1",
         grpc_address="127.0.0.1",
+        metrics_address="127.0.0.1",
         **kwargs,  # type: ignore[arg-type]
     )
     return AppThread(opts).start()

@@ -7,6 +7,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from prometheus_client import CollectorRegistry
+
 from torchtide.server import InferenceServer, ServerOptions
 
 
@@ -36,6 +38,8 @@ class App:
     def __init__(self, options: AppOptions) -> None:
         self.options = options
         self.server = InferenceServer(options.server)
+        # This app's metrics page serves this registry; more collectors may be registered in it.
+        self.metrics_registry = CollectorRegistry()
         self.frontends: dict[str, Frontend] = {}
 
     async def start(self) -> None:
@@ -55,6 +59,12 @@ class App:
 
             self.frontends["grpc"] = GrpcFrontend(
                 self.server, o.grpc_address, o.grpc_port, allow_client_shm=o.allow_client_shm
+            )
+        if o.metrics_port is not None:
+            from torchtide.frontends.metrics import MetricsFrontend
+
+            self.frontends["metrics"] = MetricsFrontend(
+                self.server, o.metrics_address, o.metrics_port, self.metrics_registry
             )
         # Listeners open before models load, so liveness answers during a long start-up load.
         for fe in self.frontends.values():

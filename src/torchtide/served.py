@@ -40,13 +40,15 @@ class ServedVersion:
         version: int,
         instances: list[InstanceRunner],
         model_dir: Path,
+        *,
+        histograms: bool = True,
     ) -> None:
         self.config = config
         self.spec = ModelSpec.of(config)
         self.version = version
         self.version_str = str(version)
         self.model_dir = model_dir
-        self.stats = ModelStats()
+        self.stats = ModelStats(histograms=histograms)
         self.scheduler = Scheduler(BatchPolicy.of(config), instances, self.stats)
         self._ragged = frozenset(n for n, s in self.spec.inputs.items() if s.ragged)
         self._all_outputs = list(self.spec.outputs)

@@ -56,6 +56,7 @@ class ServerOptions:
     exit_timeout_s: float = 30.0
     poll_secs: float = 15.0
     gpu_count: int = -1  # -1: detect
+    latency_histograms: bool = True  # beyond Triton: per-stage latency histograms (metrics)
 
 
 @dataclass
@@ -435,7 +436,13 @@ class InferenceServer:
                 )
                 if prepared.config.model_warmup:
                     await warm_up(prepared.config, version_runners, model_dir)
-                built[v] = ServedVersion(prepared.config, v, version_runners, model_dir)
+                built[v] = ServedVersion(
+                    prepared.config,
+                    v,
+                    version_runners,
+                    model_dir,
+                    histograms=self.options.latency_histograms,
+                )
         except BaseException:
             await asyncio.gather(*(r.close() for r in runners), return_exceptions=True)
             raise
