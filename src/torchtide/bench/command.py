@@ -337,6 +337,8 @@ def cmd_bench(argv: list[str]) -> int:
     except SystemExit as e:  # --help (0) or a usage error (2)
         return e.code if isinstance(e.code, int) else EXIT_USAGE
     out, err = Console(), Console(stderr=True)
+    if not out.is_terminal:  # files and pipes get the whole table, not 80 columns
+        out = Console(width=160)
     try:
         check_args(args)
         parse_url(args.url, args.protocol)

@@ -85,20 +85,21 @@ def render(console: Console, results: list[StepResult], info: dict[str, Any]) ->
     table = Table(title=title, title_justify="left")
     table.add_column("step")
     table.add_column("infer/s", justify="right")
-    if any(r.offered_rate is not None for r in results):
-        table.add_column("offered/s", justify="right")
+    offered = any(r.offered_rate is not None for r in results)
+    if offered:
+        table.add_column("offered\nreq/s", justify="right")
     for p in ("p50", "p90", "p95", "p99"):
-        table.add_column(f"{p} ms", justify="right")
+        table.add_column(f"{p}\nms", justify="right")
     table.add_column("errors", justify="right")
-    table.add_column("client µs/req", justify="right")
+    table.add_column("client\nµs/req", justify="right")
     server = any(r.server is not None for r in results)
     if server:
         for c in ("queue", "input", "infer", "output"):
-            table.add_column(f"srv {c} µs", justify="right")
-        table.add_column("batch", justify="right")
+            table.add_column(f"server\n{c} µs", justify="right")
+        table.add_column("server\nbatch", justify="right")
     for r in results:
-        row = [r.step.label, f"{r.throughput:,.1f}"]
-        if any(x.offered_rate is not None for x in results):
+        row = [r.step.short, f"{r.throughput:,.1f}"]
+        if offered:
             row.append("-" if r.offered_rate is None else f"{r.offered_rate:,.1f}")
         row += [_ms(r.latency_ms[p]) for p in ("p50", "p90", "p95", "p99")]
         row.append(f"[red]{r.errors}[/red]" if r.errors else "0")
@@ -158,7 +159,7 @@ def plot(path: Path, results: list[StepResult], info: dict[str, Any]) -> None:
         ax.plot(xs, [r.latency_ms[p] for r in ok], style, label=p)
     for r in ok:
         ax.annotate(
-            r.step.label.replace("concurrency ", "c=").replace("rate ", "r="),
+            r.step.short,
             (r.throughput, r.latency_ms["p99"]),
             textcoords="offset points",
             xytext=(4, 4),

@@ -42,6 +42,10 @@ class Step:
             return f"concurrency {int(self.value)}"
         return f"rate {self.value:g}/s"
 
+    @property
+    def short(self) -> str:
+        return f"c={int(self.value)}" if self.mode is Mode.CONCURRENCY else f"r={self.value:g}/s"
+
 
 @dataclass(slots=True)
 class StepResult:
