@@ -262,12 +262,17 @@ class HttpTransport:
         body = b"" if doc is None else orjson.dumps(doc)
         headers = {"Content-Type": "application/json"} if doc is not None else None
         data = build_request(method, path, self.authority, body, headers)
-        try:
-            resp = await asyncio.wait_for(self._control.send(data), self.timeout)
-        except (OSError, ConnectionError, TimeoutError) as e:
-            raise Unreachable(
-                f"cannot reach the HTTP server at {self.authority}: {type(e).__name__}: {e}"
-            ) from None
+        for attempt in (1, 2):  # a server may close an idle keep-alive connection: retry once
+            try:
+                resp = await asyncio.wait_for(self._control.send(data), self.timeout)
+                break
+            except (OSError, TimeoutError) as e:
+                retry = attempt == 1 and not isinstance(e, ConnectionRefusedError | TimeoutError)
+                if not retry:
+                    raise Unreachable(
+                        f"cannot reach the HTTP server at {self.authority}: "
+                        f"{type(e).__name__}: {e}"
+                    ) from None
         try:
             parsed = orjson.loads(resp.body) if resp.body else None
         except orjson.JSONDecodeError:
