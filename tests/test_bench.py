@@ -361,6 +361,14 @@ def test_system_shared_memory(stub: StubServer, protocol: str) -> None:
     assert not [f for f in os.listdir("/dev/shm") if f.startswith(f"torchtide_bench_{os.getpid()}")]
 
 
+def test_shared_memory_refused_by_the_server(stub: StubServer, capsys: pytest.CaptureFixture[str]) -> None:
+    stub.core.allow_shm = False
+    rc = cmd_bench(["add_sub", "-u", f"127.0.0.1:{stub.http_port}", "--shared-memory", "system", *FAST])
+    assert rc == 2
+    assert "HTTP 403: client shared memory is disabled" in capsys.readouterr().err
+    assert not [f for f in os.listdir("/dev/shm") if f.startswith(f"torchtide_bench_{os.getpid()}")]
+
+
 def test_text_file_and_data_file_runs(stub: StubServer, tmp_path: Path) -> None:
     text = tmp_path / "s.txt"
     text.write_text("a short sentence\nanother, longer sentence for the model\n")

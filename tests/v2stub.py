@@ -64,6 +64,7 @@ class StubCore:
 
     fail_every: int = 0  # every Nth infer request fails with 400 / INVALID_ARGUMENT
     stats: bool = True  # offer the statistics extension
+    allow_shm: bool = True  # accept shared-memory registrations
     requests: int = 0
     counters: dict[str, Counters] = field(default_factory=dict)
     regions: dict[str, tuple[mmap.mmap, int, int]] = field(default_factory=dict)
@@ -77,6 +78,8 @@ class StubCore:
                 "inputs": m["inputs"], "outputs": m["outputs"]}
 
     def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        if not self.allow_shm:
+            raise StubError("client shared memory is disabled on this server", 403)
         fd = os.open(os.path.join("/dev/shm", key.lstrip("/")), os.O_RDWR)
         try:
             mm = mmap.mmap(fd, 0)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
@@ -16,12 +17,20 @@ from torchtide.bench import inputs as inp
 from torchtide.bench.runner import Mode, Runner, Step, StepResult
 from torchtide.bench.transport import Transport, TransportError, Unreachable
 
+if TYPE_CHECKING:
+    from torchtide.bench.shm import SharedMemory
+
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001}
 
 
 class UsageError(Exception):
     pass
+
+
+def say(console: Console, message: str) -> None:
+    """A plain message: no markup, no wrapping (error texts carry brackets and long paths)."""
+    console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 def _floats(text: str) -> list[float]:
@@ -204,11 +213,15 @@ def check_args(args: argparse.Namespace) -> None:
     for f in (args.input_data, args.text_file):
         if f is not None and not f.is_file():
             raise UsageError(f"no such file: {f}")
-    if args.max_connections < 1 or args.grpc_channels < 1 or args.string_length < 0:
+    if args.max_connections < 1 or args.grpc_channels < 1:
         raise UsageError("--max-connections and --grpc-channels must be at least 1")
+    if args.string_length < 0 or args.output_shm_size < 1:
+        raise UsageError("--string-length must be >= 0 and --output-shm-size >= 1")
     for out in (args.csv, args.json, args.plot):
         if out is not None and not out.parent.is_dir():
             raise UsageError(f"cannot write {out}: no such directory")
+    if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
+        raise UsageError("--plot needs matplotlib (pip install 'torchtide[plot]')")
 
 
 async def build_sets(
@@ -231,101 +244,123 @@ async def build_sets(
     return info, batching, sets
 
 
-async def run(args: argparse.Namespace, out: Console, err: Console, loop_name: str) -> int:
-    host, port = parse_url(args.url, args.protocol)
-    transport = make_transport(args, host, port)
-    steps = steps_of(args)
-    shm = None
+async def prepare_requests(
+    args: argparse.Namespace,
+    transport: Transport,
+    info: inp.ModelInfo,
+    batching: inp.Batching,
+    sets: list[inp.InputSet],
+    shm: SharedMemory | None,
+) -> list[Any]:
+    placements: list[Any] = [None] * len(sets)
+    if shm is not None:
+        placements = await shm.place(sets, info.outputs, batching, args.output_shm_size)
+    return [
+        transport.prepare(args.model, args.model_version, s, pl)
+        for s, pl in zip(sets, placements, strict=True)
+    ]
+
+
+async def run_steps(
+    args: argparse.Namespace,
+    transport: Transport,
+    requests: list[Any],
+    batch_size: int,
+    err: Console,
+) -> tuple[list[StepResult], str | None]:
+    """Every step in turn; a lost server ends the sweep with the steps done so far."""
+    runner = Runner(
+        transport,
+        requests,
+        args.model,
+        args.model_version,
+        warmup_s=args.warmup,
+        duration_s=args.duration,
+        max_connections=args.max_connections,
+        grace_s=args.timeout,
+        seed=args.seed,
+        batch_size=batch_size,
+    )
     results: list[StepResult] = []
-    failure: str | None = None
+    live = None
+    if not args.quiet:
+        from torchtide.bench.report import LiveProgress
+
+        live = LiveProgress(err, args.warmup, args.duration)
+        runner.on_tick = live.tick
+        live.__enter__()
     try:
-        try:
-            info, batching, sets = await build_sets(args, transport)
-        except (TransportError, inp.WorkloadError) as e:
-            err.print(f"torchtide bench: {e}", highlight=False)
-            return EXIT_USAGE
-        placements: list[Any] = [None] * len(sets)
-        if args.shared_memory == "system":
-            from torchtide.bench.shm import SharedMemory
-
-            shm = SharedMemory(transport)
-            try:
-                placements = await shm.place(sets, info.outputs, batching, args.output_shm_size)
-            except (TransportError, OSError) as e:
-                err.print(f"torchtide bench: shared memory: {e}", highlight=False)
-                return EXIT_USAGE
-        try:
-            requests = [
-                transport.prepare(args.model, args.model_version, s, pl)
-                for s, pl in zip(sets, placements, strict=True)
-            ]
-        except inp.WorkloadError as e:
-            err.print(f"torchtide bench: {e}", highlight=False)
-            return EXIT_USAGE
-        runner = Runner(
-            transport,
-            requests,
-            args.model,
-            args.model_version,
-            warmup_s=args.warmup,
-            duration_s=args.duration,
-            max_connections=args.max_connections,
-            grace_s=args.timeout,
-            seed=args.seed,
-            batch_size=batching.batch_size,
-        )
-        live = None
-        if not args.quiet:
-            from torchtide.bench.report import LiveProgress
-
-            live = LiveProgress(err, args.warmup, args.duration)
-            runner.on_tick = live.tick
-            live.__enter__()
-        try:
-            for step in steps:
-                result = await runner.run_step(step)
-                results.append(result)
-                if live is not None:
-                    live.finish(step, result)
-        except (OSError, TransportError) as e:
-            failure = f"{type(e).__name__}: {e}"
-        finally:
+        for step in steps_of(args):
+            result = await runner.run_step(step)
+            results.append(result)
             if live is not None:
-                live.__exit__()
-            await runner.close()
+                live.finish(step, result)
+    except (OSError, TransportError) as e:
+        return results, f"{type(e).__name__}: {e}"
     finally:
-        if shm is not None:
-            await shm.release()
-        await transport.close()
+        if live is not None:
+            live.__exit__()
+        await runner.close()
+    return results, None
 
-    report = {
+
+def run_info(
+    args: argparse.Namespace, url: str, batch_size: int, input_sets: int, loop_name: str
+) -> dict[str, Any]:
+    if args.shared_memory == "system":
+        tensor_format = "system shared memory"
+    else:
+        tensor_format = "raw" if args.protocol == "grpc" else args.input_tensor_format
+    return {
         "tool": f"torchtide bench {__version__}",
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "model": args.model,
         "model_version": args.model_version,
         "protocol": args.protocol,
-        "url": f"{host}:{port}",
-        "batch_size": batching.batch_size,
-        "input_sets": len(sets),
-        "tensor_format": "shared memory"
-        if args.shared_memory == "system"
-        else ("raw" if args.protocol == "grpc" else args.input_tensor_format),
+        "url": url,
+        "batch_size": batch_size,
+        "input_sets": input_sets,
+        "tensor_format": tensor_format,
         "warmup_s": args.warmup,
         "duration_s": args.duration,
         "loop": loop_name,
     }
+
+
+async def run(args: argparse.Namespace, out: Console, err: Console, loop_name: str) -> int:
+    host, port = parse_url(args.url, args.protocol)
+    transport = make_transport(args, host, port)
+    shm = None
+    if args.shared_memory == "system":
+        from torchtide.bench.shm import SharedMemory
+
+        shm = SharedMemory(transport)
+    try:
+        try:
+            info, batching, sets = await build_sets(args, transport)
+            requests = await prepare_requests(args, transport, info, batching, sets, shm)
+        except (TransportError, inp.WorkloadError, OSError) as e:
+            say(err, f"torchtide bench: {e}")
+            return EXIT_USAGE
+        results, failure = await run_steps(args, transport, requests, batching.batch_size, err)
+    finally:
+        if shm is not None:
+            await shm.release()
+        await transport.close()
+
     from torchtide.bench import report as rep
 
+    info_doc = run_info(args, f"{host}:{port}", batching.batch_size, len(sets), loop_name)
     if results:
-        rep.render(out, results, report)
+        rep.render(out, results, info_doc)
         if args.csv is not None:
             rep.write_csv(args.csv, results)
         if args.json is not None:
-            rep.write_json(args.json, results, report)
+            rep.write_json(args.json, results, info_doc)
         if args.plot is not None:
-            rep.plot(args.plot, results, report)
+            rep.plot(args.plot, results, info_doc)
     if failure is not None:
-        err.print(f"torchtide bench: the run stopped: {failure}", highlight=False)
+        say(err, f"torchtide bench: the run stopped: {failure}")
         return EXIT_ERRORS
     return EXIT_ERRORS if any(r.errors for r in results) else EXIT_OK
 
@@ -344,7 +379,7 @@ def cmd_bench(argv: list[str]) -> int:
         parse_url(args.url, args.protocol)
     except UsageError as e:
         p.print_usage(sys.stderr)
-        err.print(f"torchtide bench: error: {e}", highlight=False)
+        say(err, f"torchtide bench: error: {e}")
         return EXIT_USAGE
     try:
         import uvloop
@@ -353,8 +388,8 @@ def cmd_bench(argv: list[str]) -> int:
     except ImportError:
         return asyncio.run(run(args, out, err, "asyncio"))
     except Unreachable as e:  # pragma: no cover - build_sets reports these itself
-        err.print(f"torchtide bench: {e}", highlight=False)
+        say(err, f"torchtide bench: {e}")
         return EXIT_USAGE
     except KeyboardInterrupt:
-        err.print("torchtide bench: interrupted")
+        say(err, "torchtide bench: interrupted")
         return EXIT_ERRORS

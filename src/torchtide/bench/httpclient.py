@@ -270,8 +270,7 @@ class HttpTransport:
                 retry = attempt == 1 and not isinstance(e, ConnectionRefusedError | TimeoutError)
                 if not retry:
                     raise Unreachable(
-                        f"cannot reach the HTTP server at {self.authority}: "
-                        f"{type(e).__name__}: {e}"
+                        f"cannot reach the HTTP server at {self.authority}: {type(e).__name__}: {e}"
                     ) from None
         try:
             parsed = orjson.loads(resp.body) if resp.body else None

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -128,7 +129,9 @@ def render(console: Console, results: list[StepResult], info: dict[str, Any]) ->
         console.print("server: no statistics extension, no server-side split")
     for r in results:
         for msg, n in r.error_messages.items():
-            console.print(f"[red]{r.step.label}: {n} x {msg}[/red]", highlight=False)
+            console.print(
+                f"[red]{r.step.label}: {n} x {escape(msg)}[/red]", highlight=False, soft_wrap=True
+            )
 
 
 def write_csv(path: Path, results: list[StepResult]) -> None:

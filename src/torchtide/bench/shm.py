@@ -27,10 +27,13 @@ class SharedMemory:
 
         name = f"{self.prefix}_{suffix}"
         key = f"/{name}"
-        handle = shm.create_shared_memory_region(name, key, byte_size)
-        self._handles.append((name, handle))
-        if data:
-            shm.set_shared_memory_region(handle, [np.frombuffer(data, dtype=np.uint8)])
+        try:
+            handle = shm.create_shared_memory_region(name, key, byte_size)
+            self._handles.append((name, handle))
+            if data:
+                shm.set_shared_memory_region(handle, [np.frombuffer(data, dtype=np.uint8)])
+        except shm.SharedMemoryException as e:
+            raise OSError(f"shared memory region {key} ({byte_size} bytes): {e}") from None
         await self.transport.register_shm(name, key, byte_size)
         self._registered.append(name)
         return name
