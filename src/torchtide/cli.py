@@ -279,9 +279,16 @@ def cmd_check(argv: list[str]) -> int:
     return run_check(args.repositories, auto_complete=not args.disable_auto_complete_config)
 
 
+def cmd_bench(argv: list[str]) -> int:
+    from torchtide.bench.command import cmd_bench as run_bench
+
+    return run_bench(argv)
+
+
 COMMANDS = {
     "serve": ("serve model repositories over HTTP and gRPC", cmd_serve),
     "check": ("validate model repositories without serving them", cmd_check),
+    "bench": ("load-test a KServe V2 server (HTTP or gRPC), like perf_analyzer", cmd_bench),
 }
 
 
