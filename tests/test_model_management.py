@@ -11,7 +11,7 @@ import pytest
 
 from tests import probe
 from tests.models import write_model
-from tests.test_server_api import ONE, VERSIONED_PY, versioned, write_versioned
+from tests.test_server_api import ONE, versioned, write_versioned
 from torchtide.errors import ServerError
 from torchtide.server import InferenceServer, ServerOptions
 

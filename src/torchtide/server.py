@@ -121,7 +121,7 @@ class InferenceServer:
             await asyncio.sleep(self.options.poll_secs)
             try:
                 await self.poll_once()
-            except Exception:  # noqa: BLE001 - polling must survive anything the disk does
+            except Exception:
                 log.exception("repository poll failed")
 
     async def poll_once(self) -> None:

@@ -82,7 +82,10 @@ async def warm_up(cfg: ModelConfig, runners: list[InstanceRunner], model_dir: Pa
         rows = int(w.batch_size) if cfg.max_batch_size > 0 else 1
         for _ in range(max(1, int(w.count))):
             results = await asyncio.gather(
-                *(r.submit([Work(inputs, rows, outputs, f"warmup:{w.name}")], Timing()) for r in runners)
+                *(
+                    r.submit([Work(inputs, rows, outputs, f"warmup:{w.name}")], Timing())
+                    for r in runners
+                )
             )
             for runner, res in zip(runners, results, strict=True):
                 if isinstance(res[0], ServerError):
