@@ -1,0 +1,211 @@
+"""`torchtide serve` / `tritonserver` as real processes: start-up, liveness during long loads,
+SIGTERM drain on both protocols, idle keep-alive connections, exit codes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torchtide.frontends.http")
+pytest.importorskip("torchtide.frontends.grpc")
+
+import tritonclient.grpc as grpcclient  # noqa: E402
+import tritonclient.http as httpclient  # noqa: E402
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+from tests.conftest import free_port  # noqa: E402
+from tests.models import write_add_sub, write_model  # noqa: E402
+
+BIN = Path(sys.executable).parent
+
+SLOW_PY = """
+import time
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        time.sleep(float(args.get("model_config") and __import__("json").loads(
+            args["model_config"])["parameters"]["INIT_SLEEP"]["string_value"]))
+
+    def execute(self, requests):
+        time.sleep(0.8)
+        return [pb_utils.InferenceResponse([pb_utils.Tensor(
+            "OUT", pb_utils.get_input_tensor_by_name(r, "IN").as_numpy())]) for r in requests]
+"""
+
+
+def slow_model(repo: Path, init_sleep: float = 0.0) -> None:
+    write_model(
+        repo,
+        "slow",
+        f"""
+        backend: "python"
+        max_batch_size: 8
+        input [{{ name: "IN" data_type: TYPE_FP32 dims: [1] }}]
+        output [{{ name: "OUT" data_type: TYPE_FP32 dims: [1] }}]
+        dynamic_batching {{ }}
+        parameters {{ key: "INIT_SLEEP" value {{ string_value: "{init_sleep}" }} }}
+        """,
+        {"1/model.py": SLOW_PY},
+    )
+
+
+class Served:
+    def __init__(self, proc: subprocess.Popen[bytes], http: int, grpc: int) -> None:
+        self.proc, self.http, self.grpc = proc, http, grpc
+
+    def status(self, path: str) -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http}{path}", timeout=2) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as e:
+            return int(e.code)
+        except OSError:
+            return 0
+
+
+def launch(repo: Path, *extra: str, command: str = "torchtide") -> Served:
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    args = [str(BIN / command)]
+    if command == "torchtide":
+        args.append("serve")
+    args += [
+        f"--model-repository={repo}",
+        f"--http-port={http}",
+        f"--grpc-port={grpc}",
+        f"--metrics-port={metrics}",
+        "--http-address=127.0.0.1",
+        "--grpc-address=127.0.0.1",
+        "--metrics-address=127.0.0.1",
+        *extra,
+    ]
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+    )
+    return Served(proc, http, grpc)
+
+
+def wait_for(cond, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
+    end = time.time() + timeout
+    while time.time() < end:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Iterator[Path]:
+    write_add_sub(tmp_path)
+    yield tmp_path
+
+
+def test_liveness_answers_during_a_long_startup_load(repo: Path) -> None:
+    slow_model(repo, init_sleep=3.0)
+    s = launch(repo)
+    try:
+        wait_for(lambda: s.status("/v2/health/live") == 200, 30)
+        assert s.status("/v2/health/ready") != 200  # still loading 'slow'
+        wait_for(lambda: s.status("/v2/health/ready") == 200, 60)
+    finally:
+        s.proc.terminate()
+        s.proc.wait(30)
+
+
+def test_sigterm_drains_in_flight_and_refuses_new_work(repo: Path) -> None:
+    slow_model(repo)
+    s = launch(repo, "--exit-timeout-secs=20")
+    try:
+        wait_for(lambda: s.status("/v2/health/ready") == 200)
+        x = np.ones((1, 1), np.float32)
+
+        def http_call() -> np.ndarray:
+            c = httpclient.InferenceServerClient(f"127.0.0.1:{s.http}", network_timeout=30)
+            i = httpclient.InferInput("IN", [1, 1], "FP32")
+            i.set_data_from_numpy(x)
+            return c.infer("slow", [i]).as_numpy("OUT")
+
+        def grpc_call() -> np.ndarray:
+            c = grpcclient.InferenceServerClient(f"127.0.0.1:{s.grpc}")
+            i = grpcclient.InferInput("IN", [1, 1], "FP32")
+            i.set_data_from_numpy(x)
+            return c.infer("slow", [i]).as_numpy("OUT")
+
+        grpc_probe = grpcclient.InferenceServerClient(f"127.0.0.1:{s.grpc}")
+        with ThreadPoolExecutor(8) as pool:
+            inflight = [pool.submit(http_call) for _ in range(3)] + [
+                pool.submit(grpc_call) for _ in range(3)
+            ]
+            time.sleep(0.4)  # they are executing or queued
+            s.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.2)
+            # new work is refused at once on both protocols
+            assert s.status("/v2/health/ready") != 200
+            with pytest.raises(InferenceServerException):
+                grpc_call()
+            assert not grpc_probe.is_server_ready()
+            results = [f.result(timeout=30) for f in inflight]
+        assert all(np.array_equal(r, x) for r in results)
+        assert s.proc.wait(30) == 0
+    finally:
+        if s.proc.poll() is None:
+            s.proc.kill()
+
+
+def test_idle_keepalive_connection_does_not_hold_shutdown(repo: Path) -> None:
+    s = launch(repo, "--exit-timeout-secs=30")
+    try:
+        wait_for(lambda: s.status("/v2/health/ready") == 200)
+        sock = socket.create_connection(("127.0.0.1", s.http))
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b"200" in sock.recv(1024)  # the connection stays open, idle
+        t0 = time.time()
+        s.proc.send_signal(signal.SIGTERM)
+        assert s.proc.wait(20) == 0
+        assert time.time() - t0 < 10  # far less than --exit-timeout-secs
+        sock.close()
+    finally:
+        if s.proc.poll() is None:
+            s.proc.kill()
+
+
+def test_tritonserver_alias_with_kserve_flags(repo: Path) -> None:
+    s = launch(
+        repo,
+        "--allow-grpc=true",
+        "--allow-http=true",
+        "--backend-config=python,x=y",
+        command="tritonserver",
+    )
+    try:
+        wait_for(lambda: s.status("/v2/health/ready") == 200)
+        c = grpcclient.InferenceServerClient(f"127.0.0.1:{s.grpc}")
+        assert c.is_model_ready("add_sub")
+        s.proc.send_signal(signal.SIGINT)
+        assert s.proc.wait(20) == 0
+        log = s.proc.stdout.read().decode() if s.proc.stdout else ""
+        assert "--backend-config=python,x=y" in log  # named in a warning, not silently dropped
+    finally:
+        if s.proc.poll() is None:
+            s.proc.kill()
+
+
+def test_missing_repository_exits_2(tmp_path: Path) -> None:
+    s = launch(tmp_path / "nope")
+    assert s.proc.wait(30) == 2
