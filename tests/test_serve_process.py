@@ -21,12 +21,12 @@ import pytest
 pytest.importorskip("torchtide.frontends.http")
 pytest.importorskip("torchtide.frontends.grpc")
 
-import tritonclient.grpc as grpcclient  # noqa: E402
-import tritonclient.http as httpclient  # noqa: E402
-from tritonclient.utils import InferenceServerException  # noqa: E402
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
-from tests.conftest import free_port  # noqa: E402
-from tests.models import write_add_sub, write_model  # noqa: E402
+from tests.conftest import free_port
+from tests.models import write_add_sub, write_model
 
 BIN = Path(sys.executable).parent
 
