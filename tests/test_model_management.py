@@ -35,9 +35,15 @@ async def test_poll_mode_applies_changes_without_failures(tmp_path: Path) -> Non
     try:
         clients = [asyncio.ensure_future(client()) for _ in range(3)]
         await asyncio.sleep(0.1)
-        # a new version appears
+        # a new version appears; the server stays ready while it loads beside version 1
         shutil.copytree(tmp_path / "ver" / "1", tmp_path / "ver" / "2")
-        await s.poll_once()
+        polling = asyncio.ensure_future(s.poll_once())
+        readiness = []
+        while not polling.done():
+            readiness.append(s.is_ready())
+            await asyncio.sleep(0.001)
+        await polling
+        assert readiness and all(readiness)
         assert s.model_metadata("ver")["versions"] == ["2"]
         # a changed config is applied
         (tmp_path / "ver" / "config.pbtxt").write_text(versioned().replace("max_batch_size: 4", "max_batch_size: 2"))
@@ -46,7 +52,7 @@ async def test_poll_mode_applies_changes_without_failures(tmp_path: Path) -> Non
         # a broken config leaves the old one serving, and the index says why
         (tmp_path / "ver" / "config.pbtxt").write_text("max_batch_size: x\n")
         await s.poll_once()
-        assert s.model_ready("ver")
+        assert s.model_ready("ver") and s.is_ready()  # one broken new config: still ready
         entry = next(e for e in s.repository_index() if e["name"] == "ver" and e["version"] == "2")
         assert entry["state"] == "READY" and "a newer load failed" in entry["reason"]
         await asyncio.sleep(0.1)

@@ -173,9 +173,11 @@ class InferenceServer:
             return True
         # Ready when every model that should serve serves at least one version: a broken new
         # version beside a serving one does not make the whole server unready (unlike Triton).
+        # A model still loading counts only while it serves nothing: a version switch keeps the
+        # old version serving, so the server stays ready through it.
         for r in self.models.values():
             loading = any(s is ModelState.LOADING for s, _ in r.states.values())
-            if loading or (not r.served and r.error):
+            if not r.served and (loading or r.error):
                 return False
         return True
 
