@@ -341,3 +341,30 @@ async def test_statistics_add_up(make_server: ServerFactory) -> None:
     )
     assert sum(b["compute_infer"]["count"] for b in st["batch_stats"]) == st["execution_count"]
     assert st["execution_count"] == len(probe.CALLS)
+
+
+async def test_hung_execute_is_cut_loose(make_server: ServerFactory, tmp_path: Path) -> None:
+    from tests.models import write_add_sub
+
+    write_add_sub(tmp_path)
+    s = await make_server(
+        'parameters { key: "EXECUTE_TIMEOUT_SECS" value { string_value: "0.3" } }'
+    )
+    probe.GATE.clear()  # the next execute() hangs until the test lets it go
+    with pytest.raises(ServerError) as ei:
+        await asyncio.wait_for(infer(s, 1, "stuck", block=True), 10)
+    assert ei.value.status is Status.UNAVAILABLE
+    assert ei.value.message == (
+        "instance 'probe_0_0' did not return from execute() within 0.3 s (EXECUTE_TIMEOUT_SECS); "
+        "it was taken out of service"
+    )
+    assert not s.model_ready("probe") and not s.is_ready()
+    entry = next(e for e in s.repository_index() if e["name"] == "probe")
+    assert entry["state"] == "UNAVAILABLE" and "did not return from execute()" in entry["reason"]
+    with pytest.raises(ServerError, match="no instance left in service"):
+        await infer(s, 1, "next")
+    one = np.ones((1, 16), np.int32)
+    out = await s.infer_numpy("add_sub", {"INPUT0": one, "INPUT1": one})  # others unaffected
+    assert out["OUTPUT0"].sum() == 32
+    assert await s.stop(timeout=5)  # shutdown does not wait on the hung thread
+    probe.GATE.set()

@@ -39,9 +39,11 @@ class InstanceRunner:
         loop = asyncio.get_running_loop()
         return loop.run_in_executor(self.executor, self.instance.execute, work, timing)
 
-    async def close(self) -> None:
+    async def close(self, finalize: bool = True) -> None:
+        """Finalize on the instance's thread, then let the thread go. A hung instance
+        (finalize=False) is abandoned: its thread cannot be interrupted."""
         loop = asyncio.get_running_loop()
-        if self.instance is not None:
+        if self.instance is not None and finalize:
             inst, self.instance = self.instance, None
             try:
                 await loop.run_in_executor(self.executor, inst.finalize)

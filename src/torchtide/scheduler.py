@@ -71,11 +71,15 @@ class BatchPolicy:
     levels: int = 1
     default_level: int = 0  # 0-based
     policies: tuple[QueuePolicy, ...] = (QueuePolicy(),)
+    execute_timeout_s: float = 0.0  # 0 = wait forever; else a hung execute() is cut loose
 
     @classmethod
     def of(cls, cfg: Any) -> BatchPolicy:
+        timeout = 0.0
+        if EXECUTE_TIMEOUT_PARAM in cfg.parameters:
+            timeout = float(cfg.parameters[EXECUTE_TIMEOUT_PARAM].string_value or 0)
         if not cfg.HasField("dynamic_batching"):
-            return cls()
+            return cls(execute_timeout_s=timeout)
         db = cfg.dynamic_batching
         levels = max(1, int(db.priority_levels))
         default = QueuePolicy.of(db.default_queue_policy)
@@ -95,10 +99,12 @@ class BatchPolicy:
             levels=levels,
             default_level=max(0, int(db.default_priority_level) - 1),
             policies=policies,
+            execute_timeout_s=timeout,
         )
 
 
 TIMEOUT_MESSAGE = "Request timeout expired"
+EXECUTE_TIMEOUT_PARAM = "EXECUTE_TIMEOUT_SECS"
 
 
 class Scheduler:
@@ -123,6 +129,7 @@ class Scheduler:
         self._dispatch_seq = itertools.count()
         self._next_release = 0
         self._held: dict[int, list[tuple[Pending, Result]]] = {}
+        self.dead: dict[str, str] = {}  # instance name -> why it was taken out of service
 
     # ------------------------------------------------------------------ admission
 
@@ -134,6 +141,8 @@ class Scheduler:
             raise unavailable(
                 "model is unloading or the server is shutting down; not accepting requests"
             )
+        if not self.alive:
+            raise unavailable(f"no instance left in service: {next(iter(self.dead.values()))}")
         now = time.monotonic_ns()
         level = self._level(work.parameters)
         policy = self.policy.policies[level]
@@ -316,6 +325,46 @@ class Scheduler:
         seq = next(self._dispatch_seq)
         fut = inst.submit([p.work for p in batch], timing)
         fut.add_done_callback(lambda f: self._complete(inst, batch, timing, seq, f))
+        if self.policy.execute_timeout_s > 0:
+            loop = asyncio.get_running_loop()
+            loop.call_later(self.policy.execute_timeout_s, self._watchdog, inst, batch, seq, fut)
+
+    def _watchdog(
+        self, inst: InstanceRunner, batch: list[Pending], seq: int, fut: asyncio.Future[Any]
+    ) -> None:
+        """execute() did not return in time: fail its requests now and retire the instance (its
+        thread cannot be stopped; the model can be reloaded to get a fresh one)."""
+        if fut.done():
+            return
+        why = (
+            f"instance '{inst.info.name}' did not return from execute() within "
+            f"{self.policy.execute_timeout_s:g} s ({EXECUTE_TIMEOUT_PARAM}); it was taken out of "
+            "service"
+        )
+        self.dead[inst.info.name] = why
+        self._running -= 1
+        now = time.monotonic_ns()
+        err = ServerError(Status.UNAVAILABLE, why)
+        if self.policy.preserve_ordering:
+            self._held[seq] = [(p, err) for p in batch]
+            self._release_held(now)
+        else:
+            self._release([(p, err) for p in batch], now)
+        if not self.alive:
+            self._fail_queued(unavailable(f"no instance left in service: {why}"))
+        self._wake.set()
+
+    def _fail_queued(self, err: ServerError) -> None:
+        now = time.monotonic_ns()
+        for q in (*self.queues, self.delayed):
+            while q:
+                p = q.popleft()
+                self.stats.pending -= 1
+                self._finish_early(p, err, "OTHER", now)
+
+    @property
+    def alive(self) -> bool:
+        return len(self.dead) < len(self.instances)
 
     def _complete(
         self,
@@ -326,6 +375,8 @@ class Scheduler:
         fut: asyncio.Future[list[Result]],
     ) -> None:
         now = time.monotonic_ns()
+        if inst.info.name in self.dead:
+            return  # the watchdog already answered this batch; the instance stays retired
         self._running -= 1
         self.idle.append(inst)
         try:
@@ -348,12 +399,15 @@ class Scheduler:
         pairs = list(zip(batch, results, strict=True))
         if self.policy.preserve_ordering:
             self._held[seq] = pairs
-            while self._next_release in self._held:
-                self._release(self._held.pop(self._next_release), now)
-                self._next_release += 1
+            self._release_held(now)
         else:
             self._release(pairs, now)
         self._wake.set()
+
+    def _release_held(self, now: int) -> None:
+        while self._next_release in self._held:
+            self._release(self._held.pop(self._next_release), now)
+            self._next_release += 1
 
     def _release(self, pairs: list[tuple[Pending, Result]], now: int) -> None:
         for p, r in pairs:
@@ -394,4 +448,6 @@ class Scheduler:
         for q in (*self.queues, self.delayed):
             q.clear()
         self.stats.pending = 0
-        await asyncio.gather(*(inst.close() for inst in self.instances))
+        await asyncio.gather(
+            *(inst.close(finalize=inst.info.name not in self.dead) for inst in self.instances)
+        )

@@ -179,6 +179,8 @@ class InferenceServer:
             loading = any(s is ModelState.LOADING for s, _ in r.states.values())
             if not r.served and (loading or r.error):
                 return False
+            if any(not sv.scheduler.alive for sv in r.served.values()):
+                return False  # every instance of a version has died
         return True
 
     def metadata(self) -> dict[str, Any]:
@@ -202,10 +204,10 @@ class InferenceServer:
 
     def model_ready(self, name: str, version: str = "") -> bool:
         try:
-            self.resolve(name, version)
+            sv = self.resolve(name, version)
         except ServerError:
             return False
-        return not self._stopping
+        return not self._stopping and sv.scheduler.alive
 
     def model_metadata(self, name: str, version: str = "") -> dict[str, Any]:
         sv = self.resolve(name, version)
@@ -293,6 +295,11 @@ class InferenceServer:
                 continue
             if record.states:
                 for v, (state, reason) in sorted(record.states.items()):
+                    sv = record.served.get(v)
+                    if sv is not None and sv.scheduler.dead:
+                        reason = "; ".join(sv.scheduler.dead.values())
+                        if not sv.scheduler.alive:
+                            state = ModelState.UNAVAILABLE
                     if ready_only and state is not ModelState.READY:
                         continue
                     e: dict[str, Any] = {"name": name, "version": str(v), "state": state.value}
