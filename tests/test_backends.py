@@ -311,7 +311,7 @@ async def test_failed_batch_is_retried_per_request(server: InferenceServer) -> N
     assert st["success"]["count"] == 3 and st["fail"]["count"] == 1
     # NUM_THREADS is applied on the instance's own thread, where it executes.
     runner = server.resolve("picky").scheduler.instances[0]
-    assert runner.executor.submit(torch.get_num_threads).result() == 1
+    assert runner.call_blocking(torch.get_num_threads) == 1
 
 
 async def test_bf16_through_torchscript(server: InferenceServer) -> None:
