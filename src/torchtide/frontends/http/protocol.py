@@ -1,0 +1,315 @@
+"""HTTP/1.1 connections: an `asyncio.Protocol` over the `httptools` (llhttp) parser.
+
+Keep-alive and pipelining: requests on one connection are answered strictly in order; a
+request that needs the core runs as one task while later ones wait in a small queue (reading
+pauses when it fills). Bodies are counted as they arrive and refused past `max_input_size`
+before they are buffered whole. A client that goes away cancels its in-flight request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from collections import deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import httptools
+import orjson
+
+from torchtide.frontends.http.errors import REASONS
+
+log = logging.getLogger("torchtide.http")
+
+MAX_PIPELINED = 32  # queued requests per connection before reading pauses
+MIN_COMPRESS = 1024  # smaller bodies are sent as they are even when the client accepts gzip
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+    keep_alive: bool = True
+    preset: Response | None = None  # a refusal decided while parsing, answered in order
+
+
+@dataclass(slots=True)
+class Response:
+    status: int = 200
+    body: bytes = b""
+    content_type: bytes = b"application/json"
+    blobs: list[bytes | memoryview] = field(default_factory=list)  # binary sections after body
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    close: bool = False
+
+    @classmethod
+    def error(cls, status: int, message: str, *, close: bool = False) -> Response:
+        return cls(status, orjson.dumps({"error": message}), close=close)
+
+
+Handler = Callable[[Request], "Response | Coroutine[Any, Any, Response]"]
+
+
+class Hub:
+    """What connections share: the dispatcher, the limits, the live-connection set, the clock."""
+
+    def __init__(self, dispatch: Handler, max_input_size: int) -> None:
+        self.dispatch = dispatch
+        self.max_input_size = max_input_size
+        self.connections: set[HttpConnection] = set()
+        self.stopping = False
+        self.all_closed = asyncio.Event()
+        self.all_closed.set()
+
+    def add(self, conn: HttpConnection) -> None:
+        self.connections.add(conn)
+        self.all_closed.clear()
+
+    def discard(self, conn: HttpConnection) -> None:
+        self.connections.discard(conn)
+        if not self.connections:
+            self.all_closed.set()
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing a connection that got a final refusal."""
+
+
+class HttpConnection(asyncio.Protocol):
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.loop = asyncio.get_running_loop()
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.queue: deque[Request] = deque()
+        self.task: asyncio.Task[None] | None = None
+        self.closed = False  # transport closing or closed: write nothing more
+        self.refused = False  # a final refusal is queued: ignore further bytes
+        self.eof = False
+        self.reading_paused = False
+        self.writing_paused: asyncio.Future[None] | None = None
+        self._url = b""
+        self._headers: dict[str, str] = {}
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    # ------------------------------------------------------------------ transport events
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.hub.add(self)
+        if self.hub.stopping:
+            self._close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.queue.clear()
+        if self.task is not None:
+            self.task.cancel()  # the core drops a request still queued
+        if self.writing_paused is not None and not self.writing_paused.done():
+            self.writing_paused.set_result(None)
+        self.hub.discard(self)
+
+    def eof_received(self) -> bool | None:
+        # A half-closed client may still read: answer what it sent, then close.
+        self.eof = True
+        if self.task is not None or self.queue:
+            return True
+        return None
+
+    def pause_writing(self) -> None:
+        if self.writing_paused is None:
+            self.writing_paused = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self.writing_paused is not None:
+            if not self.writing_paused.done():
+                self.writing_paused.set_result(None)
+            self.writing_paused = None
+            self._next()
+
+    def data_received(self, data: bytes) -> None:
+        if self.refused or self.closed:
+            return
+        try:
+            self.parser.feed_data(data)
+        except _Refused:
+            pass
+        except httptools.HttpParserUpgrade:
+            self._refuse(Response.error(400, "HTTP protocol upgrade is not supported", close=True))
+        except httptools.HttpParserError as e:
+            self._refuse(Response.error(400, f"malformed HTTP request: {e}", close=True))
+
+    # ------------------------------------------------------------------ parser callbacks
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = {}
+        self._chunks = []
+        self._size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        length = self._headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.hub.max_input_size:
+            self._refuse(self._too_large(f"request body of {int(length)} bytes"))
+            raise _Refused
+        if self._headers.get("expect", "").lower() == "100-continue" and self.transport:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        self._size += len(body)
+        if self._size > self.hub.max_input_size:
+            self._refuse(
+                self._too_large(f"request body of more than {self._size - len(body)} bytes")
+            )
+            raise _Refused
+        self._chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        chunks = self._chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        url = self._url
+        q = url.find(b"?")
+        path = (url if q < 0 else url[:q]).decode("latin-1")
+        parser = self.parser
+        self.queue.append(
+            Request(
+                parser.get_method().decode("ascii"),
+                path,
+                self._headers,
+                body,
+                parser.should_keep_alive(),
+            )
+        )
+        self._chunks = []
+        if self.task is None and self.writing_paused is None:
+            self._next()
+        elif len(self.queue) >= MAX_PIPELINED and not self.reading_paused and self.transport:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    # ------------------------------------------------------------------ dispatch and reply
+
+    def _next(self) -> None:
+        """Answer queued requests in order until one needs to wait on the core."""
+        while self.queue and self.task is None and self.writing_paused is None and not self.closed:
+            req = self.queue.popleft()
+            if req.preset is not None:
+                self._write(req, req.preset)
+                continue
+            if self.hub.stopping:
+                self._write(req, Response.error(503, "the server is shutting down", close=True))
+                continue
+            result = self.hub.dispatch(req)
+            if isinstance(result, Response):
+                self._write(req, result)
+            else:
+                self.task = self.loop.create_task(self._run(req, result))
+        if self.reading_paused and len(self.queue) < MAX_PIPELINED // 2 and self.transport:
+            self.reading_paused = False
+            self.transport.resume_reading()
+        if self.eof and self.task is None and not self.queue:
+            self._close()
+
+    async def _run(self, req: Request, pending: Coroutine[Any, Any, Response]) -> None:
+        try:
+            response = await pending
+        except asyncio.CancelledError:
+            return  # the client went away
+        except Exception:
+            log.exception("unhandled error answering %s %s", req.method, req.path)
+            response = Response.error(500, "internal error while handling the request")
+        finally:
+            self.task = None
+        self._write(req, response)
+        self._next()
+
+    def _write(self, req: Request, resp: Response) -> None:
+        transport = self.transport
+        if self.closed or transport is None:
+            return
+        keep = req.keep_alive and not resp.close and not self.hub.stopping
+        body = resp.body
+        blobs = resp.blobs
+        head = [
+            b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\n"
+            % (resp.status, REASONS.get(resp.status, b""), resp.content_type)
+        ]
+        for k, v in resp.headers:
+            head.append(b"%s: %s\r\n" % (k, v))
+        total = len(body) + sum(len(b) for b in blobs)
+        accept = req.headers.get("accept-encoding") if total >= MIN_COMPRESS else None
+        if accept:
+            encoding = _pick_encoding(accept)
+            if encoding is not None:
+                body = _compress(encoding, [body, *blobs])
+                blobs = []
+                total = len(body)
+                head.append(b"Content-Encoding: %s\r\n" % encoding)
+        head.append(b"Content-Length: %d\r\n" % total)
+        if not keep:
+            head.append(b"Connection: close\r\n")
+        head.append(b"\r\n")
+        if blobs and total >= 65536:
+            transport.writelines([b"".join(head), body, *blobs])
+        else:
+            head.append(body)
+            head.extend(bytes(b) if isinstance(b, memoryview) else b for b in blobs)
+            transport.write(b"".join(head))
+        if not keep:
+            self._close()
+
+    # ------------------------------------------------------------------ closing
+
+    def _refuse(self, resp: Response) -> None:
+        """Queue a final refusal behind any earlier requests and stop reading this connection."""
+        self.refused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+        self.queue.append(Request("", "", {}, b"", False, preset=resp))
+        if self.task is None:
+            self._next()
+
+    def _too_large(self, what: str) -> Response:
+        return Response.error(
+            400,
+            f"{what} exceeds the maximum allowed input size of {self.hub.max_input_size} bytes. "
+            "Use --http-max-input-size to increase the limit.",
+            close=True,
+        )
+
+    def shutdown(self) -> None:
+        """Server stop: close at once when idle; otherwise the current reply closes it."""
+        if self.task is None and not self.queue:
+            self._close()
+
+    def _close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.close()
+
+
+def _pick_encoding(accept: str) -> bytes | None:
+    accepted = {p.split(";")[0].strip().lower() for p in accept.split(",")}
+    if "gzip" in accepted:
+        return b"gzip"
+    if "deflate" in accepted:
+        return b"deflate"
+    return None
+
+
+def _compress(encoding: bytes, parts: list[bytes | memoryview]) -> bytes:
+    # gzip: a gzip member (wbits 31); deflate: the zlib format, as HTTP's "deflate" means.
+    c = zlib.compressobj(1, zlib.DEFLATED, 31 if encoding == b"gzip" else 15)
+    return b"".join([*(c.compress(p) for p in parts), c.flush()])
