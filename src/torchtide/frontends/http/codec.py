@@ -413,10 +413,17 @@ def _from_json(name: str, dt: dtypes.DType, shape: tuple[int, ...], data: Any) -
     if arr.size != count:
         raise _count_mismatch(name, arr.size, shape, count)
     kind = arr.dtype.kind
+    integral = dt.numpy.kind in _INT_KINDS and dt.wire != "BF16"
     if count:
         if dt.wire == "BOOL":
             ok = kind == "b"
-        elif dt.numpy.kind in _INT_KINDS:
+        elif integral:
+            if kind not in _INT_KINDS and kind in "fO":
+                # Python ints past int64 (UINT64) make numpy pick float64 or object: retry exactly.
+                flat = _flatten(data)
+                if all(type(v) is int for v in flat):
+                    arr = np.array(flat, dtype=np.uint64 if min(flat) >= 0 else np.int64)
+                    kind = arr.dtype.kind
             ok = kind in _INT_KINDS
             if ok:
                 info = np.iinfo(dt.numpy)
@@ -429,9 +436,7 @@ def _from_json(name: str, dt: dtypes.DType, shape: tuple[int, ...], data: Any) -
         else:
             ok = kind in _NUM_KINDS
         if not ok:
-            want = {"BOOL": "true/false"}.get(
-                dt.wire, "integers" if dt.numpy.kind in _INT_KINDS else "numbers"
-            )
+            want = {"BOOL": "true/false"}.get(dt.wire, "integers" if integral else "numbers")
             raise bad_request(
                 f"input '{name}': {dt.wire} 'data' must hold {want}, got {arr.dtype.name} values"
             )

@@ -1,6 +1,7 @@
 """HTTP/1.1 connections: an `asyncio.Protocol` over the `httptools` (llhttp) parser.
 
-Keep-alive and pipelining: requests on one connection are answered strictly in order; a
+A client's end of stream (EOF) counts as it going away, as in uvicorn: a half-closed socket gets
+no answer. Keep-alive and pipelining: requests on one connection are answered strictly in order; a
 request that needs the core runs as one task while later ones wait in a small queue (reading
 pauses when it fills). Bodies are counted as they arrive and refused past `max_input_size`
 before they are buffered whole. A client that goes away cancels its in-flight request.
@@ -89,7 +90,6 @@ class HttpConnection(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self.closed = False  # transport closing or closed: write nothing more
         self.refused = False  # a final refusal is queued: ignore further bytes
-        self.eof = False
         self.reading_paused = False
         self.writing_paused: asyncio.Future[None] | None = None
         self._url = b""
@@ -100,8 +100,7 @@ class HttpConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ transport events
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         self.hub.add(self)
         if self.hub.stopping:
             self._close()
@@ -114,13 +113,6 @@ class HttpConnection(asyncio.Protocol):
         if self.writing_paused is not None and not self.writing_paused.done():
             self.writing_paused.set_result(None)
         self.hub.discard(self)
-
-    def eof_received(self) -> bool | None:
-        # A half-closed client may still read: answer what it sent, then close.
-        self.eof = True
-        if self.task is not None or self.queue:
-            return True
-        return None
 
     def pause_writing(self) -> None:
         if self.writing_paused is None:
@@ -208,8 +200,8 @@ class HttpConnection(asyncio.Protocol):
             if req.preset is not None:
                 self._write(req, req.preset)
                 continue
-            if self.hub.stopping:
-                self._write(req, Response.error(503, "the server is shutting down", close=True))
+            if self.hub.stopping:  # the last queued one closes the connection
+                self._write(req, Response.error(503, "the server is shutting down"))
                 continue
             result = self.hub.dispatch(req)
             if isinstance(result, Response):
@@ -219,8 +211,6 @@ class HttpConnection(asyncio.Protocol):
         if self.reading_paused and len(self.queue) < MAX_PIPELINED // 2 and self.transport:
             self.reading_paused = False
             self.transport.resume_reading()
-        if self.eof and self.task is None and not self.queue:
-            self._close()
 
     async def _run(self, req: Request, pending: Coroutine[Any, Any, Response]) -> None:
         try:
@@ -239,7 +229,7 @@ class HttpConnection(asyncio.Protocol):
         transport = self.transport
         if self.closed or transport is None:
             return
-        keep = req.keep_alive and not resp.close and not self.hub.stopping
+        keep = req.keep_alive and not resp.close and not (self.hub.stopping and not self.queue)
         body = resp.body
         blobs = resp.blobs
         head = [
