@@ -98,7 +98,8 @@ async def _start_starlette(app: Any) -> int:
     from starlette.responses import Response
     from starlette.routing import Route
 
-    from torchtide.frontends.http.codec import ShmAccess, decode_request, encode_response
+    from torchtide.frontends.http.decode import ShmAccess, decode_request
+    from torchtide.frontends.http.encode import encode_response
 
     server = app.server
     shm = ShmAccess(server.shm, False)

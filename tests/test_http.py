@@ -860,8 +860,11 @@ def test_oversized_body_refused_before_buffering(tmp_path: Path) -> None:
                 b"POST /v2/models/add_sub/infer HTTP/1.1\r\nHost: x\r\n"
                 b"Content-Length: 100000000\r\n\r\n"
             )
-            reply = s.recv(65536)
+            reply = b""
+            while chunk := s.recv(65536):
+                reply += chunk
         assert reply.startswith(b"HTTP/1.1 400") and b"--http-max-input-size" in reply
+        assert reply.count(b"HTTP/1.1") == 1 and b"Connection: close" in reply
         # Chunked: counted while reading.
         chunk = b"%x\r\n%s\r\n" % (3000, b"x" * 3000)
         raw = raw_exchange(
@@ -870,6 +873,7 @@ def test_oversized_body_refused_before_buffering(tmp_path: Path) -> None:
             b"Transfer-Encoding: chunked\r\n\r\n" + chunk * 3 + b"0\r\n\r\n",
         )
         assert raw.startswith(b"HTTP/1.1 400") and b"exceeds the maximum allowed input size" in raw
+        assert raw.count(b"HTTP/1.1") == 1
         # gzip bombs are bounded too.
         bomb = gzip.compress(b"{" + b" " * 100000 + b"}")
         r = request(p, "POST", "/v2/models/add_sub/infer", bomb, {"Content-Encoding": "gzip"})

@@ -130,12 +130,12 @@ class HttpConnection(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
-        except _Refused:
-            pass
         except httptools.HttpParserUpgrade:
             self._refuse(Response.error(400, "HTTP protocol upgrade is not supported", close=True))
         except httptools.HttpParserError as e:
-            self._refuse(Response.error(400, f"malformed HTTP request: {e}", close=True))
+            # httptools wraps what a callback raised (our _Refused after a refusal is queued).
+            if not self.refused:
+                self._refuse(Response.error(400, f"malformed HTTP request: {e}", close=True))
 
     # ------------------------------------------------------------------ parser callbacks
 

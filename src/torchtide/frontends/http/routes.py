@@ -20,12 +20,8 @@ import orjson
 
 from torchtide.config import to_json_dict
 from torchtide.errors import ServerError, Status, unsupported
-from torchtide.frontends.http.codec import (
-    ShmAccess,
-    decode_raw_request,
-    decode_request,
-    encode_response,
-)
+from torchtide.frontends.http.decode import ShmAccess, decode_raw_request, decode_request
+from torchtide.frontends.http.encode import encode_response
 from torchtide.frontends.http.errors import CLIENT_SHM_DISABLED, bad_request, http_status
 from torchtide.frontends.http.protocol import Request, Response
 from torchtide.server import InferenceServer

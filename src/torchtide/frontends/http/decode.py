@@ -1,8 +1,8 @@
-"""KServe V2 inference bodies <-> the core's InferRequest / InferResponse.
+"""KServe V2 inference request bodies -> the core's InferRequest (+ how to send outputs back).
 
 JSON header + optional binary tensor data (Triton's binary tensor extension), raw binary
-requests, and inputs/outputs in system shared memory. Only the JSON header is parsed as
-JSON; binary tensors become numpy views of the request body (`np.frombuffer`, no copy).
+requests, and inputs in system shared memory. Only the JSON header is parsed as JSON; binary
+tensors become numpy views of the request body (`np.frombuffer`, no copy).
 """
 
 from __future__ import annotations
@@ -21,11 +21,9 @@ from torchtide.config import ModelConfig, ModelSpec
 from torchtide.errors import ServerError, Status
 from torchtide.frontends.http.errors import CLIENT_SHM_DISABLED, bad_request
 from torchtide.shm import SharedMemoryRegistry
-from torchtide.types import Array, InferRequest, InferResponse, InferTensor, RequestedOutput
+from torchtide.types import Array, InferRequest, InferTensor, RequestedOutput
 
-_DUMPS_OPTS = orjson.OPT_SERIALIZE_NUMPY
-_LEN = struct.Struct("<I")
-_SHM_KEYS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
+LENGTH_PREFIX = struct.Struct("<I")  # BYTES elements on the wire
 
 
 @dataclass(slots=True)
@@ -41,14 +39,6 @@ class OutputPlan:
         return self.binary.get(name, self.default_binary)
 
 
-@dataclass(slots=True)
-class Encoded:
-    """An encoded response body: the JSON header, then the binary sections (maybe none)."""
-
-    header: bytes
-    blobs: list[bytes | memoryview]
-
-
 class ShmAccess:
     """What the codec needs to reach client shared memory, and whether it may."""
 
@@ -62,9 +52,6 @@ class ShmAccess:
         if not self.allowed:
             raise ServerError(Status.UNSUPPORTED, CLIENT_SHM_DISABLED)
         return self.registry
-
-
-# ---------------------------------------------------------------------------------------- decode
 
 
 def decode_request(
@@ -363,7 +350,7 @@ def _bytes_from_buffer(name: str, shape: Sequence[int], buf: memoryview) -> Arra
                 f"input '{name}': BYTES element {i} has a truncated 4-byte length prefix "
                 f"({n - pos} bytes left)"
             )
-        (length,) = _LEN.unpack_from(buf, pos)
+        (length,) = LENGTH_PREFIX.unpack_from(buf, pos)
         pos += 4
         if pos + length > n:
             raise bad_request(
@@ -476,88 +463,6 @@ def _bf16_bits(f32: Array) -> Array:
     if nan.any():
         out[nan] = ((bits[nan] >> 16) | 0x40).astype(np.uint16)
     return out
-
-
-# ---------------------------------------------------------------------------------------- encode
-
-
-def encode_response(resp: InferResponse, plan: OutputPlan, shm: ShmAccess) -> Encoded:
-    outputs: list[dict[str, Any]] = []
-    blobs: list[bytes | memoryview] = []
-    for t in resp.outputs:
-        entry: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": t.data.shape}
-        target = plan.shm.get(t.name)
-        if target is not None:
-            region, offset, nbytes = target
-            shm.check().write(region, offset, nbytes, _to_bytes(t), t.name)
-        elif plan.is_binary(t.name):
-            raw = _to_bytes(t)
-            entry["parameters"] = {"binary_data_size": len(raw)}
-            blobs.append(raw)
-        else:
-            data = _to_json(t)
-            if data is None:  # BYTES that are not UTF-8 cannot be JSON strings: send binary
-                raw = _to_bytes(t)
-                entry["parameters"] = {"binary_data_size": len(raw)}
-                blobs.append(raw)
-            else:
-                entry["data"] = data
-        outputs.append(entry)
-    doc: dict[str, Any] = {}
-    if plan.echo_id:
-        doc["id"] = resp.id
-    doc["model_name"] = resp.model_name
-    doc["model_version"] = resp.model_version
-    doc["outputs"] = outputs
-    if resp.parameters:
-        doc["parameters"] = resp.parameters
-    return Encoded(orjson.dumps(doc, option=_DUMPS_OPTS, default=_json_default), blobs)
-
-
-def _to_bytes(t: InferTensor) -> bytes | memoryview:
-    arr = t.data
-    if t.datatype == "BYTES":
-        parts: list[bytes] = []
-        for v in arr.reshape(-1):
-            b = v if isinstance(v, bytes) else v.encode("utf-8") if isinstance(v, str) else bytes(v)
-            parts.append(_LEN.pack(len(b)))
-            parts.append(b)
-        return b"".join(parts)
-    if arr.nbytes == 0:
-        return b""
-    if arr.dtype.byteorder == ">":
-        arr = arr.astype(arr.dtype.newbyteorder("<"))
-    return memoryview(np.ascontiguousarray(arr)).cast("B")  # type: ignore[arg-type]
-
-
-def _to_json(t: InferTensor) -> Any:
-    arr = t.data.reshape(-1)
-    if t.datatype == "BYTES":
-        out: list[str] = []
-        for v in arr:
-            if isinstance(v, bytes):
-                try:
-                    out.append(v.decode("utf-8"))
-                except UnicodeDecodeError:
-                    return None
-            elif isinstance(v, str):
-                out.append(v)
-            else:
-                out.append(str(v))
-        return out
-    if t.datatype == "BF16":
-        return (arr.astype(np.uint32) << 16).view(np.float32)
-    if arr.dtype.byteorder == ">":
-        arr = arr.astype(arr.dtype.newbyteorder("<"))
-    return arr
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, bytes):
-        return obj.decode("utf-8", "replace")
-    raise TypeError(f"cannot encode {type(obj).__name__} as JSON")
 
 
 def _kind(v: Any) -> str:
