@@ -843,6 +843,16 @@ def test_keep_alive_and_pipelining(port: int) -> None:
     assert raw.rstrip().endswith(b'{"error":"Not Found"}')
 
 
+def test_http10_keep_alive(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        for _ in range(2):
+            s.sendall(b"GET /v2/health/live HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            reply = s.recv(65536)
+            assert reply.startswith(b"HTTP/1.1 200") and b"Connection: keep-alive" in reply
+    raw = raw_exchange(port, b"GET /v2/health/live HTTP/1.0\r\n\r\n")  # read until closed
+    assert raw.startswith(b"HTTP/1.1 200") and b"Connection: close" in raw
+
+
 def test_malformed_http_is_refused(port: int) -> None:
     raw = raw_exchange(port, b"GARBAGE\r\n\r\n")
     assert raw.startswith(b"HTTP/1.1 400") and b"malformed HTTP request" in raw
@@ -972,12 +982,22 @@ def test_graceful_stop(gated: tuple[AppThread, Path]) -> None:
     busy = socket.create_connection(("127.0.0.1", p), timeout=10)
     busy.sendall(_gate_request(1.0) + _gate_request(2.0))  # one in flight, one pipelined behind
     _wait_for(lambda: scheduler._running == 1)
+    partial = socket.create_connection(("127.0.0.1", p), timeout=10)
+    rest = _gate_request(3.0)
+    partial.sendall(rest[:-5])  # a request still arriving
+    _wait_for(lambda: any(c.in_message for c in fe._hub.connections))
     stopping = threading.Thread(target=lambda: app.call(fe.stop()))
     stopping.start()
     # The idle keep-alive connection is closed at once; new connections are refused.
     assert idle.sock is not None and idle.sock.recv(1) == b""
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", p), timeout=2).close()
+    partial.sendall(rest[-5:])  # completes after stop began: refused, connection closed
+    reply = b""
+    while chunk := partial.recv(65536):
+        reply += chunk
+    assert reply.startswith(b"HTTP/1.1 503") and b"Connection: close" in reply
+    partial.close()
     gate.touch()  # let the in-flight request finish
     stopping.join(10)
     assert not stopping.is_alive()

@@ -35,6 +35,7 @@ class Request:
     headers: dict[str, str]  # lower-case names
     body: bytes
     keep_alive: bool = True
+    http10: bool = False  # an HTTP/1.0 client must be told "Connection: keep-alive"
     preset: Response | None = None  # a refusal decided while parsing, answered in order
 
 
@@ -91,6 +92,7 @@ class HttpConnection(asyncio.Protocol):
         self.closed = False  # transport closing or closed: write nothing more
         self.refused = False  # a final refusal is queued: ignore further bytes
         self.reading_paused = False
+        self.in_message = False  # a request is partly received
         self.writing_paused: asyncio.Future[None] | None = None
         self._url = b""
         self._headers: dict[str, str] = {}
@@ -140,6 +142,7 @@ class HttpConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ parser callbacks
 
     def on_message_begin(self) -> None:
+        self.in_message = True
         self._url = b""
         self._headers = {}
         self._chunks = []
@@ -182,9 +185,11 @@ class HttpConnection(asyncio.Protocol):
                 self._headers,
                 body,
                 parser.should_keep_alive(),
+                parser.get_http_version() == "1.0",
             )
         )
         self._chunks = []
+        self.in_message = False
         if self.task is None and self.writing_paused is None:
             self._next()
         elif len(self.queue) >= MAX_PIPELINED and not self.reading_paused and self.transport:
@@ -250,6 +255,8 @@ class HttpConnection(asyncio.Protocol):
         head.append(b"Content-Length: %d\r\n" % total)
         if not keep:
             head.append(b"Connection: close\r\n")
+        elif req.http10:
+            head.append(b"Connection: keep-alive\r\n")
         head.append(b"\r\n")
         if blobs and total >= 65536:
             transport.writelines([b"".join(head), body, *blobs])
@@ -280,8 +287,9 @@ class HttpConnection(asyncio.Protocol):
         )
 
     def shutdown(self) -> None:
-        """Server stop: close at once when idle; otherwise the current reply closes it."""
-        if self.task is None and not self.queue:
+        """Server stop: close at once when idle; otherwise the last reply closes it (a request
+        still arriving is answered 503)."""
+        if self.task is None and not self.queue and not self.in_message:
             self._close()
 
     def _close(self) -> None:
