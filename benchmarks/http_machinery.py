@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,16 @@ async def _start_starlette(app: Any) -> int:
             headers={"Inference-Header-Content-Length": str(len(enc.header))},
         )
 
-    web = Starlette(routes=[Route("/v2/models/{model}/infer", infer, methods=["POST"])])
+    async def stats(request: Request) -> Response:
+        model_stats = server.statistics(request.path_params["model"])
+        return Response(json.dumps({"model_stats": model_stats}), media_type="application/json")
+
+    web = Starlette(
+        routes=[
+            Route("/v2/models/{model}/infer", infer, methods=["POST"]),
+            Route("/v2/models/{model}/stats", stats),
+        ]
+    )
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     config = uvicorn.Config(web, log_level="warning", loop="uvloop", http="httptools")
@@ -240,7 +250,8 @@ def wrk_load(port: int, concurrency: int, seconds: float) -> tuple[float, float,
     return rps, p50, p99
 
 
-async def inprocess(concurrency: int, seconds: float) -> float:
+async def inprocess(concurrency: int, seconds: float) -> tuple[float, float]:
+    """InferenceServer.infer with no network: (infer/s, p50 ms)."""
     from tests.models import write_add_sub
 
     from torchtide.server import InferenceServer, ServerOptions
@@ -249,20 +260,22 @@ async def inprocess(concurrency: int, seconds: float) -> float:
     write_add_sub(repo)
     server = InferenceServer(ServerOptions([repo]))
     await server.start()
-    count = 0
+    latencies: list[float] = []
+    for _ in range(200):  # warm up
+        await server.infer_numpy("add_sub", {"INPUT0": DATA, "INPUT1": DATA})
     stop = time.perf_counter() + seconds
 
     async def worker() -> None:
-        nonlocal count
         while time.perf_counter() < stop:
+            t = time.perf_counter()
             await server.infer_numpy("add_sub", {"INPUT0": DATA, "INPUT1": DATA})
-            count += 1
+            latencies.append(time.perf_counter() - t)
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    rate = count / (time.perf_counter() - t0)
+    rate = len(latencies) / (time.perf_counter() - t0)
     await server.stop()
-    return rate
+    return rate, float(np.percentile(latencies, 50)) * 1e3
 
 
 # ------------------------------------------------------------------------------------ main
@@ -274,13 +287,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def counts(port: int) -> tuple[int, int]:
+    """add_sub's (inference_count, execution_count) from the statistics endpoint."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/add_sub/stats") as r:
+        s = json.loads(r.read())["model_stats"][0]
+    return int(s["inference_count"]), int(s["execution_count"])
+
+
 def measure(
     client: str, port: int, c: int, seconds: float, pid: int
-) -> tuple[float, float, float, float]:
-    """One run: (infer/s, p50 ms, p99 ms, server CPU µs per request). The last does not depend
-    on what else runs on the machine; 1e6 / it is what one server core could do."""
+) -> tuple[float, float, float, float, float]:
+    """One run: (infer/s, p50 ms, p99 ms, server CPU µs per request, mean batch size). The CPU
+    figure hardly depends on what else runs on the machine; 1e6 / it is one core's ceiling."""
     import uvloop
 
+    inf0, exe0 = counts(port)
     cpu0 = cpu_seconds(pid)
     t0 = time.perf_counter()
     if client == "wrk":
@@ -294,14 +315,16 @@ def measure(
         n = len(lat)
         rps = n / (time.perf_counter() - t0)
         p50, p99 = (float(np.percentile(lat, q)) * 1e3 for q in (50, 99))
-    return rps, p50, p99, (cpu_seconds(pid) - cpu0) / max(n, 1) * 1e6
+    cpu = (cpu_seconds(pid) - cpu0) / max(n, 1) * 1e6
+    inf1, exe1 = counts(port)
+    return rps, p50, p99, cpu, (inf1 - inf0) / max(exe1 - exe0, 1)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--server", choices=["torchtide", "starlette"], default="torchtide")
     ap.add_argument("--client", choices=["raw", "wrk", "tritonclient"], default="raw")
-    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 32, 64])
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument(
         "--repeat",
@@ -338,22 +361,25 @@ def main() -> None:
             f"server={args.server} client={args.client} seconds={args.seconds} "
             f"cores={os.cpu_count()}"
         )
-        print(f"{'concurrency':>11} {'infer/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'srv us/req':>10}")
+        print(
+            f"{'concurrency':>11} {'infer/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+            f"{'srv us/req':>10} {'batch':>6}"
+        )
         for c in args.concurrency:
             runs = sorted(
                 measure(args.client, port, c, args.seconds, proc.pid) for _ in range(args.repeat)
             )
-            rps, p50, p99, cpu = runs[len(runs) // 2]
+            rps, p50, p99, cpu, batch = runs[len(runs) // 2]
             spread = f"  (runs: {', '.join(f'{r[0]:.0f}' for r in runs)})" if len(runs) > 1 else ""
-            print(f"{c:>11} {rps:>9.0f} {p50:>8.3f} {p99:>8.3f} {cpu:>10.1f}{spread}")
+            print(f"{c:>11} {rps:>9.0f} {p50:>8.3f} {p99:>8.3f} {cpu:>10.1f} {batch:>6.2f}{spread}")
     finally:
         proc.terminate()
         proc.wait()
         Path(port_file).unlink(missing_ok=True)
     if args.inprocess:
         for c in args.concurrency:
-            rate = uvloop.run(inprocess(c, args.seconds))
-            print(f"in-process (no network) c={c}: {rate:.0f} infer/s")
+            rate, p50 = uvloop.run(inprocess(c, args.seconds))
+            print(f"in-process (no network) c={c}: {rate:.0f} infer/s, p50 {p50:.3f} ms")
 
 
 if __name__ == "__main__":

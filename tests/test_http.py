@@ -709,6 +709,12 @@ def test_system_shared_memory(port: int, client: httpclient.InferenceServerClien
         with pytest.raises(InferenceServerException) as ei:
             client.infer("add_sub", inputs)
         assert ei.value.status() == "404"
+        inputs[0].set_shared_memory("in", nbytes)
+        outputs[1].set_shared_memory("out", 8, offset=nbytes)  # too small for the result
+        with pytest.raises(InferenceServerException) as ei:
+            client.infer("add_sub", inputs, outputs=outputs)
+        assert ei.value.status() == "500"
+        assert f"should be at least {nbytes} bytes" in ei.value.message()
         client.unregister_system_shared_memory("in")
         assert [s["name"] for s in client.get_system_shared_memory_status()] == ["out"]
         client.unregister_system_shared_memory()
@@ -856,6 +862,10 @@ def test_http10_keep_alive(port: int) -> None:
 def test_malformed_http_is_refused(port: int) -> None:
     raw = raw_exchange(port, b"GARBAGE\r\n\r\n")
     assert raw.startswith(b"HTTP/1.1 400") and b"malformed HTTP request" in raw
+    huge = b"GET /v2 HTTP/1.1\r\n" + b"X-Pad: %s\r\n" % (b"x" * 1000) * 100 + b"\r\n"
+    raw = raw_exchange(port, huge)
+    assert raw.startswith(b"HTTP/1.1 400") and b"headers exceed" in raw
+    assert raw.count(b"HTTP/1.1") == 1
     assert_live(port)
 
 

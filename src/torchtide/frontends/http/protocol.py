@@ -25,7 +25,9 @@ from torchtide.frontends.http.errors import REASONS
 log = logging.getLogger("torchtide.http")
 
 MAX_PIPELINED = 32  # queued requests per connection before reading pauses
+MAX_HEAD_BYTES = 64 * 1024  # request line + headers
 MIN_COMPRESS = 1024  # smaller bodies are sent as they are even when the client accepts gzip
+LINGER_S = 2.0  # after a refusal, read and drop what the client still sends, then close
 
 
 @dataclass(slots=True)
@@ -98,6 +100,8 @@ class HttpConnection(asyncio.Protocol):
         self._headers: dict[str, str] = {}
         self._chunks: list[bytes] = []
         self._size = 0
+        self._head = 0  # bytes of request line and headers so far
+        self._linger: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ transport events
 
@@ -109,6 +113,8 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._linger is not None:
+            self._linger.cancel()
         self.queue.clear()
         if self.task is not None:
             self.task.cancel()  # the core drops a request still queued
@@ -143,6 +149,7 @@ class HttpConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.in_message = True
+        self._head = 0
         self._url = b""
         self._headers = {}
         self._chunks = []
@@ -150,9 +157,18 @@ class HttpConnection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        self._count_head(len(name) + len(value))
+
+    def _count_head(self, n: int) -> None:
+        self._head += n
+        if self._head > MAX_HEAD_BYTES:
+            msg = f"the request line and headers exceed {MAX_HEAD_BYTES} bytes"
+            self._refuse(Response.error(400, msg, close=True))
+            raise _Refused
 
     def on_headers_complete(self) -> None:
         length = self._headers.get("content-length")
@@ -289,13 +305,24 @@ class HttpConnection(asyncio.Protocol):
     def shutdown(self) -> None:
         """Server stop: close at once when idle; otherwise the last reply closes it (a request
         still arriving is answered 503)."""
-        if self.task is None and not self.queue and not self.in_message:
+        if self.closed and self.transport is not None:
+            self.transport.close()  # stop lingering
+        elif self.task is None and not self.queue and not self.in_message:
             self._close()
 
     def _close(self) -> None:
-        if not self.closed and self.transport is not None:
-            self.closed = True
-            self.transport.close()
+        transport = self.transport
+        if self.closed or transport is None:
+            return
+        self.closed = True
+        if self.refused and transport.can_write_eof():
+            # Unread request bytes would make close() send a reset that can destroy the refusal
+            # before the client reads it: send FIN, drain for a moment, then close.
+            transport.write_eof()
+            transport.resume_reading()
+            self._linger = self.loop.call_later(LINGER_S, transport.close)
+        else:
+            transport.close()
 
 
 def _pick_encoding(accept: str) -> bytes | None:
