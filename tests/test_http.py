@@ -849,6 +849,21 @@ def test_keep_alive_and_pipelining(port: int) -> None:
     assert raw.rstrip().endswith(b'{"error":"Not Found"}')
 
 
+def test_chunked_request_body(port: int) -> None:
+    body = json.dumps({"inputs": [{**_I16, "data": list(range(16))}, _IN1]}).encode()
+    chunks = b"".join(
+        b"%x\r\n%s\r\n" % (len(body[i : i + 10]), body[i : i + 10]) for i in range(0, len(body), 10)
+    )
+    raw = raw_exchange(
+        port,
+        b"POST /v2/models/add_sub/infer HTTP/1.1\r\nHost: x\r\n"
+        b"Connection: close\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n",
+    )
+    assert raw.startswith(b"HTTP/1.1 200")
+    out = json.loads(raw.split(b"\r\n\r\n", 1)[1])["outputs"][0]
+    assert out["data"] == [i + 1 for i in range(16)]
+
+
 def test_http10_keep_alive(port: int) -> None:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         for _ in range(2):
