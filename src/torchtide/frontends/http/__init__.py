@@ -7,7 +7,7 @@ import asyncio
 import logging
 
 from torchtide.frontends.http.protocol import HttpConnection, Hub
-from torchtide.frontends.http.routes import Api
+from torchtide.frontends.http.routes import Api, error_response
 from torchtide.server import InferenceServer
 
 __all__ = ["HttpFrontend"]
@@ -39,7 +39,7 @@ class HttpFrontend:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        hub = self._hub = Hub(self.api.dispatch, self.max_input_size)
+        hub = self._hub = Hub(self.api.dispatch, error_response, self.max_input_size)
         self._listener = await loop.create_server(
             lambda: HttpConnection(hub), self.host, self.port, reuse_address=True, backlog=1024
         )

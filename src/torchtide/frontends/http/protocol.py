@@ -10,7 +10,6 @@ before they are buffered whole. A client that goes away cancels its in-flight re
 from __future__ import annotations
 
 import asyncio
-import logging
 import zlib
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -22,7 +21,6 @@ import orjson
 
 from torchtide.frontends.http.errors import REASONS
 
-log = logging.getLogger("torchtide.http")
 
 MAX_PIPELINED = 32  # queued requests per connection before reading pauses
 MAX_HEAD_BYTES = 64 * 1024  # request line + headers
@@ -59,10 +57,14 @@ Handler = Callable[[Request], "Response | Coroutine[Any, Any, Response]"]
 
 
 class Hub:
-    """What connections share: the dispatcher, the limits, the live-connection set, the clock."""
+    """What connections share: the dispatcher and its error mapping, the limits, the live
+    connections."""
 
-    def __init__(self, dispatch: Handler, max_input_size: int) -> None:
+    def __init__(
+        self, dispatch: Handler, on_error: Callable[[Exception], Response], max_input_size: int
+    ) -> None:
         self.dispatch = dispatch
+        self.on_error = on_error
         self.max_input_size = max_input_size
         self.connections: set[HttpConnection] = set()
         self.stopping = False
@@ -238,9 +240,8 @@ class HttpConnection(asyncio.Protocol):
             response = await pending
         except asyncio.CancelledError:
             return  # the client went away
-        except Exception:
-            log.exception("unhandled error answering %s %s", req.method, req.path)
-            response = Response.error(500, "internal error while handling the request")
+        except Exception as e:
+            response = self.hub.on_error(e)
         finally:
             self.task = None
         self._write(req, response)

@@ -44,7 +44,7 @@ Reply = Response | Coroutine[Any, Any, Response]
 Endpoint = Callable[..., Reply]
 
 
-def _error_response(e: BaseException) -> Response:
+def error_response(e: BaseException) -> Response:
     """The one mapping from an exception to an HTTP reply."""
     if isinstance(e, ServerError):
         return Response.error(http_status(e), e.message)
@@ -95,17 +95,8 @@ class Api:
                 return _NOT_ALLOWED
             result = handler(req, *args)
         except Exception as e:
-            return _error_response(e)
-        if isinstance(result, Response):
-            return result
-        return self._guard(result)
-
-    @staticmethod
-    async def _guard(pending: Coroutine[Any, Any, Response]) -> Response:
-        try:
-            return await pending
-        except Exception as e:
-            return _error_response(e)
+            return error_response(e)
+        return result  # a Response, or a coroutine whose errors the connection maps back here
 
     def _route(self, path: str) -> tuple[dict[str, Endpoint], tuple[Any, ...]] | None:
         if path == "/v2/models/stats":
