@@ -21,7 +21,6 @@ import orjson
 
 from torchtide.frontends.http.errors import REASONS
 
-
 MAX_PIPELINED = 32  # queued requests per connection before reading pauses
 MAX_HEAD_BYTES = 64 * 1024  # request line + headers
 MIN_COMPRESS = 1024  # smaller bodies are sent as they are even when the client accepts gzip
