@@ -628,6 +628,43 @@ def test_model_error_and_unknown_model_codes(port: int) -> None:
     assert (r.status, r.error) == (404, "Request for unknown model: 'nope' is not found")
 
 
+PARAMS_PY = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor(
+            "OUT", np.array([r.parameters().encode()], dtype=np.object_))]) for r in requests]
+"""
+
+
+def test_request_parameters_reach_the_model(tmp_path: Path) -> None:
+    config = """
+    backend: "python"
+    max_batch_size: 0
+    input [{ name: "IN" data_type: TYPE_FP32 dims: [1] }]
+    output [{ name: "OUT" data_type: TYPE_STRING dims: [1] }]
+    """
+    write_model(tmp_path, "params", config, {"1/model.py": PARAMS_PY})
+    app = start_app(tmp_path, grpc=False)
+    try:
+        doc = {
+            "inputs": [{"name": "IN", "datatype": "FP32", "shape": [1], "data": [1]}],
+            "parameters": {"custom": "x", "n": 3, "flag": True, "binary_data_output": False},
+        }
+        r = request(app.app.port("http"), "POST", "/v2/models/params/infer", doc)
+        assert r.status == 200, r.body
+        seen = json.loads(r.json()["outputs"][0]["data"][0])
+        assert seen == {"custom": "x", "n": 3, "flag": True}  # binary_data_output is ours
+        doc["parameters"] = {"nested": {"no": 1}}
+        r = request(app.app.port("http"), "POST", "/v2/models/params/infer", doc)
+        assert r.status == 400 and "request parameter 'nested'" in r.error
+    finally:
+        app.stop()
+
+
 # ------------------------------------------------------------ statistics
 
 
