@@ -124,10 +124,14 @@ async def _start_starlette(app: Any) -> int:
         model_stats = server.statistics(request.path_params["model"])
         return Response(json.dumps({"model_stats": model_stats}), media_type="application/json")
 
+    async def live(request: Request) -> Response:
+        return Response(b"", media_type="text/plain")
+
     web = Starlette(
         routes=[
             Route("/v2/models/{model}/infer", infer, methods=["POST"]),
             Route("/v2/models/{model}/stats", stats),
+            Route("/v2/health/live", live),
         ]
     )
     sock = socket.socket()
@@ -162,13 +166,15 @@ class _Conn(asyncio.Protocol):
             self.done.set_result(None)
 
 
-async def raw_load(port: int, concurrency: int, seconds: float) -> list[float]:
+async def raw_load(port: int, concurrency: int, seconds: float, live: bool = False) -> list[float]:
     body, hl = request_bytes()
     req = (
         b"POST /v2/models/add_sub/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         b"Content-Type: application/octet-stream\r\n"
         b"Inference-Header-Content-Length: %d\r\nContent-Length: %d\r\n\r\n" % (hl, len(body))
     ) + body
+    if live:  # the machinery alone: no body, no model
+        req = b"GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
     loop = asyncio.get_running_loop()
     latencies: list[float] = []
     stop = time.perf_counter() + seconds
@@ -295,7 +301,7 @@ def counts(port: int) -> tuple[int, int]:
 
 
 def measure(
-    client: str, port: int, c: int, seconds: float, pid: int
+    client: str, port: int, c: int, seconds: float, pid: int, live: bool = False
 ) -> tuple[float, float, float, float, float]:
     """One run: (infer/s, p50 ms, p99 ms, server CPU µs per request, mean batch size). The CPU
     figure hardly depends on what else runs on the machine; 1e6 / it is one core's ceiling."""
@@ -309,7 +315,7 @@ def measure(
         n = rps * (time.perf_counter() - t0)
     else:
         if client == "raw":
-            lat = uvloop.run(raw_load(port, c, seconds))
+            lat = uvloop.run(raw_load(port, c, seconds, live))
         else:
             lat = tritonclient_load(port, c, seconds)
         n = len(lat)
@@ -334,6 +340,9 @@ def main() -> None:
         "shows the median run by throughput (the machine may be shared)",
     )
     ap.add_argument("--inprocess", action="store_true")
+    ap.add_argument(
+        "--live", action="store_true", help="GET /v2/health/live instead of infer (raw client)"
+    )
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
@@ -367,7 +376,8 @@ def main() -> None:
         )
         for c in args.concurrency:
             runs = sorted(
-                measure(args.client, port, c, args.seconds, proc.pid) for _ in range(args.repeat)
+                measure(args.client, port, c, args.seconds, proc.pid, args.live)
+                for _ in range(args.repeat)
             )
             rps, p50, p99, cpu, batch = runs[len(runs) // 2]
             spread = f"  (runs: {', '.join(f'{r[0]:.0f}' for r in runs)})" if len(runs) > 1 else ""
