@@ -1,8 +1,10 @@
 """How fast is the HTTP front-end on the W1 add_sub model? One command, one table.
 
-    PYTHONPATH=src:. python benchmarks/http_machinery.py                 # torchtide, c=1,32,64
-    PYTHONPATH=src:. python benchmarks/http_machinery.py --server starlette  # uvicorn
+    PYTHONPATH=src:. python benchmarks/http_machinery.py --client wrk --repeat 5 --inprocess
+    PYTHONPATH=src:. python benchmarks/http_machinery.py --server torchtide starlette --live
     PYTHONPATH=src:. python benchmarks/http_machinery.py --client tritonclient --concurrency 1
+
+(`starlette` needs uvicorn and starlette importable; they are not project dependencies.)
 
 The server runs in its own process (uvloop); the load generator in this one, on the same
 machine. `--client raw` (default) is a small closed-loop keep-alive HTTP/1.1 client on uvloop +
@@ -326,9 +328,27 @@ def measure(
     return rps, p50, p99, cpu, (inf1 - inf0) / max(exe1 - exe0, 1)
 
 
+def start_server(kind: str) -> tuple[subprocess.Popen[bytes], int]:
+    port_file = Path(tempfile.mkdtemp(prefix="bench-")) / "port"
+    proc = subprocess.Popen([sys.executable, __file__, "--server", kind, "--serve", str(port_file)])
+    deadline = time.time() + 120
+    while not port_file.exists() or not port_file.read_text():
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            sys.exit(f"the {kind} server did not start")
+        time.sleep(0.05)
+    return proc, int(port_file.read_text())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--server", choices=["torchtide", "starlette"], default="torchtide")
+    ap.add_argument(
+        "--server",
+        nargs="+",
+        choices=["torchtide", "starlette"],
+        default=["torchtide"],
+        help="several: their runs are interleaved, so a shared machine's noise hits all alike",
+    )
     ap.add_argument("--client", choices=["raw", "wrk", "tritonclient"], default="raw")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     ap.add_argument("--seconds", type=float, default=5.0)
@@ -336,60 +356,68 @@ def main() -> None:
         "--repeat",
         type=int,
         default=1,
-        help="runs per concurrency; the table "
-        "shows the median run by throughput (the machine may be shared)",
+        help="runs per point; the table shows the median run by throughput",
     )
-    ap.add_argument("--inprocess", action="store_true")
+    ap.add_argument(
+        "--inprocess",
+        action="store_true",
+        help="also InferenceServer.infer with no network (interleaved too), for the ratio",
+    )
     ap.add_argument(
         "--live", action="store_true", help="GET /v2/health/live instead of infer (raw client)"
     )
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
-        serve(args.server, args.serve)
+        serve(args.server[0], args.serve)
         return
     if args.client == "wrk" and shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
+    import uvloop
 
-    port_file = tempfile.mktemp(prefix="bench-port-")
-    env = dict(os.environ)
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--server", args.server, "--serve", port_file], env=env
-    )
+    servers = {kind: start_server(kind) for kind in args.server}
+    Row = tuple[float, float, float, float, float]
+    results: dict[tuple[str, int], list[Row]] = {}
     try:
-        deadline = time.time() + 60
-        while not Path(port_file).exists() or not Path(port_file).read_text():
-            if proc.poll() is not None or time.time() > deadline:
-                sys.exit("the server did not start")
-            time.sleep(0.05)
-        port = int(Path(port_file).read_text())
-        import uvloop
-
-        uvloop.run(raw_load(port, 4, 1.0))  # warm up
-        print(
-            f"server={args.server} client={args.client} seconds={args.seconds} "
-            f"cores={os.cpu_count()}"
-        )
+        for _, port in servers.values():
+            uvloop.run(raw_load(port, 4, 1.0))  # warm up
+        for c in args.concurrency:
+            for _ in range(args.repeat):
+                for kind, (proc, port) in servers.items():
+                    row = measure(args.client, port, c, args.seconds, proc.pid, args.live)
+                    results.setdefault((kind, c), []).append(row)
+                if args.inprocess:
+                    rate, p50 = uvloop.run(inprocess(c, args.seconds))
+                    results.setdefault(("in-process", c), []).append((rate, p50, 0, 0, 0))
+    finally:
+        for proc, _ in servers.values():
+            proc.terminate()
+            proc.wait()
+    print(
+        f"client={args.client} seconds={args.seconds} repeat={args.repeat} "
+        f"cores={os.cpu_count()} endpoint={'live' if args.live else 'add_sub infer'}"
+    )
+    median: dict[tuple[str, int], Row] = {}
+    for kind in [*args.server, *(["in-process"] if args.inprocess else [])]:
+        print(f"\n{kind}")
         print(
             f"{'concurrency':>11} {'infer/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
             f"{'srv us/req':>10} {'batch':>6}"
         )
         for c in args.concurrency:
-            runs = sorted(
-                measure(args.client, port, c, args.seconds, proc.pid, args.live)
-                for _ in range(args.repeat)
-            )
-            rps, p50, p99, cpu, batch = runs[len(runs) // 2]
+            runs = sorted(results[kind, c])
+            rps, p50, p99, cpu, batch = median[kind, c] = runs[len(runs) // 2]
             spread = f"  (runs: {', '.join(f'{r[0]:.0f}' for r in runs)})" if len(runs) > 1 else ""
             print(f"{c:>11} {rps:>9.0f} {p50:>8.3f} {p99:>8.3f} {cpu:>10.1f} {batch:>6.2f}{spread}")
-    finally:
-        proc.terminate()
-        proc.wait()
-        Path(port_file).unlink(missing_ok=True)
     if args.inprocess:
-        for c in args.concurrency:
-            rate, p50 = uvloop.run(inprocess(c, args.seconds))
-            print(f"in-process (no network) c={c}: {rate:.0f} infer/s, p50 {p50:.3f} ms")
+        print()
+        for kind in args.server:
+            for c in args.concurrency:
+                served, limit = median[kind, c], median["in-process", c]
+                print(
+                    f"{kind} c={c}: {served[0] / limit[0]:.2f} of in-process throughput, "
+                    f"p50 overhead {served[1] - limit[1]:+.3f} ms"
+                )
 
 
 if __name__ == "__main__":
