@@ -346,6 +346,9 @@ def test_compression(port: int, client: httpclient.InferenceServerClient) -> Non
         assert r.status == 200 and r.headers["content-encoding"] == enc
         out = json.loads(decompress(r.body))["outputs"][0]
         assert out["data"] == x.reshape(-1).tolist()
+    big = json.dumps(doc).encode()
+    r = request(port, "POST", "/v2/models/identity/infer", big, {"Accept-Encoding": "gzip;q=0"})
+    assert r.status == 200 and "content-encoding" not in r.headers
     r = request(
         port, "POST", "/v2/models/identity/infer", b"not gzip", {"Content-Encoding": "gzip"}
     )
@@ -899,6 +902,21 @@ def test_chunked_request_body(port: int) -> None:
     assert raw.startswith(b"HTTP/1.1 200")
     out = json.loads(raw.split(b"\r\n\r\n", 1)[1])["outputs"][0]
     assert out["data"] == list(range(16))  # + INPUT1 zeros
+
+
+def test_expect_100_continue(port: int) -> None:
+    body = json.dumps({"inputs": [{**_I16, "data": list(range(16))}, _IN1]}).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(
+            b"POST /v2/models/add_sub/infer HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+        )
+        assert s.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(body)
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200")
 
 
 def test_http10_keep_alive(port: int) -> None:

@@ -96,7 +96,7 @@ class HttpConnection(asyncio.Protocol):
         self.refused = False  # a final refusal is queued: ignore further bytes
         self.reading_paused = False
         self.in_message = False  # a request is partly received
-        self.writing_paused: asyncio.Future[None] | None = None
+        self.writing_paused = False  # the transport's buffer is full: answer nothing more yet
         self._url = b""
         self._headers: dict[str, str] = {}
         self._chunks: list[bytes] = []
@@ -119,20 +119,14 @@ class HttpConnection(asyncio.Protocol):
         self.queue.clear()
         if self.task is not None:
             self.task.cancel()  # the core drops a request still queued
-        if self.writing_paused is not None and not self.writing_paused.done():
-            self.writing_paused.set_result(None)
         self.hub.discard(self)
 
     def pause_writing(self) -> None:
-        if self.writing_paused is None:
-            self.writing_paused = self.loop.create_future()
+        self.writing_paused = True
 
     def resume_writing(self) -> None:
-        if self.writing_paused is not None:
-            if not self.writing_paused.done():
-                self.writing_paused.set_result(None)
-            self.writing_paused = None
-            self._next()
+        self.writing_paused = False
+        self._next()
 
     def data_received(self, data: bytes) -> None:
         if self.refused or self.closed:
@@ -176,7 +170,9 @@ class HttpConnection(asyncio.Protocol):
         if length is not None and length.isdigit() and int(length) > self.hub.max_input_size:
             self._refuse(self._too_large(f"request body of {int(length)} bytes"))
             raise _Refused
-        if self._headers.get("expect", "").lower() == "100-continue" and self.transport:
+        expect = self._headers.get("expect", "").lower() == "100-continue"
+        if expect and self.transport and self.task is None and not self.queue:
+            # Only when nothing is owed before it: an interim reply must not overtake a reply.
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
@@ -207,7 +203,7 @@ class HttpConnection(asyncio.Protocol):
         )
         self._chunks = []
         self.in_message = False
-        if self.task is None and self.writing_paused is None:
+        if self.task is None and not self.writing_paused:
             self._next()
         elif len(self.queue) >= MAX_PIPELINED and not self.reading_paused and self.transport:
             self.reading_paused = True
@@ -217,7 +213,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _next(self) -> None:
         """Answer queued requests in order until one needs to wait on the core."""
-        while self.queue and self.task is None and self.writing_paused is None and not self.closed:
+        while self.queue and self.task is None and not self.writing_paused and not self.closed:
             req = self.queue.popleft()
             if req.preset is not None:
                 self._write(req, req.preset)
@@ -326,7 +322,13 @@ class HttpConnection(asyncio.Protocol):
 
 
 def _pick_encoding(accept: str) -> bytes | None:
-    accepted = {p.split(";")[0].strip().lower() for p in accept.split(",")}
+    accepted = set()
+    for part in accept.lower().split(","):
+        coding, _, params = part.partition(";")
+        q = params.strip()
+        if q.startswith("q=") and q[2:].strip() in ("0", "0.0", "0.00", "0.000"):
+            continue  # explicitly refused
+        accepted.add(coding.strip())
     if "gzip" in accepted:
         return b"gzip"
     if "deflate" in accepted:
