@@ -1,0 +1,324 @@
+"""Routes of Triton's HTTP API (KServe V2 + extensions) and their handlers over InferenceServer.
+
+Paths are matched with the same regular expressions, in the same order, as tritonserver's
+`http_server.cc`, so what is a 404 there is a 404 here. Every error leaves through
+`_error_response`, the one place a `ServerError` becomes an HTTP reply.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import re
+import zlib
+from collections.abc import Callable, Coroutine
+from typing import Any
+from urllib.parse import unquote
+
+import orjson
+
+from torchtide.config import to_json_dict
+from torchtide.errors import ServerError, Status, unsupported
+from torchtide.frontends.http.decode import ShmAccess, decode_raw_request, decode_request
+from torchtide.frontends.http.encode import encode_response
+from torchtide.frontends.http.errors import CLIENT_SHM_DISABLED, bad_request, http_status
+from torchtide.frontends.http.protocol import Request, Response
+from torchtide.server import InferenceServer
+
+log = logging.getLogger("torchtide.http")
+
+_MODEL = re.compile(r"/v2/models/([^/]+)(?:/versions/([0-9]+))?(?:/(infer|ready|config|stats))?")
+_SHM = re.compile(
+    r"/v2/(systemsharedmemory|cudasharedmemory)(?:/region/([^/]+))?/(status|register|unregister)"
+)
+_REPO = re.compile(r"/v2/repository(?:/([^/]+))?/(?:(index)|models/([^/]+)/(load|unload))")
+
+_EMPTY_TEXT = Response(200, b"", b"text/plain")
+_NOT_LIVE = Response(400, b"", b"text/plain")
+_OCTET = b"application/octet-stream"
+_NOT_FOUND = Response.error(404, "Not Found")
+_NOT_ALLOWED = Response.error(405, "Method Not Allowed")
+
+Reply = Response | Coroutine[Any, Any, Response]
+Endpoint = Callable[..., Reply]
+
+
+def error_response(e: BaseException) -> Response:
+    """The one mapping from an exception to an HTTP reply."""
+    if isinstance(e, ServerError):
+        return Response.error(http_status(e), e.message)
+    log.exception("internal error in the HTTP front-end", exc_info=e)
+    return Response.error(500, f"internal error: {type(e).__name__}: {e}")
+
+
+class Api:
+    def __init__(
+        self, server: InferenceServer, *, allow_client_shm: bool, max_input_size: int
+    ) -> None:
+        self.server = server
+        self.allow_client_shm = allow_client_shm
+        self.max_input_size = max_input_size
+        self.shm = ShmAccess(server.shm, allow_client_shm)
+        self._model_routes: dict[str | None, dict[str, Endpoint]] = {
+            "infer": {"POST": self.infer},
+            "ready": {"GET": self.model_ready},
+            "config": {"GET": self.model_config},
+            "stats": {"GET": self.stats},
+            None: {"GET": self.model_metadata},
+        }
+        self._shm_routes: dict[tuple[str, str], dict[str, Endpoint]] = {
+            ("systemsharedmemory", "status"): {"GET": self.shm_status},
+            ("systemsharedmemory", "register"): {"POST": self.shm_register},
+            ("systemsharedmemory", "unregister"): {"POST": self.shm_unregister},
+            ("cudasharedmemory", "status"): {"GET": self.cuda_status},
+            ("cudasharedmemory", "register"): {"POST": self.cuda_register},
+            ("cudasharedmemory", "unregister"): {"POST": self.cuda_unregister},
+        }
+        self._fixed: dict[str, dict[str, Endpoint]] = {
+            "/v2": {"GET": self.server_metadata},
+            "/v2/health/live": {"GET": self.live},
+            "/v2/health/ready": {"GET": self.ready},
+            "/v2/logging": {"GET": self.logging, "POST": self.logging},
+        }
+
+    # ------------------------------------------------------------------ dispatch
+
+    def dispatch(self, req: Request) -> Reply:
+        try:
+            found = self._route(req.path)
+            if found is None:
+                return _NOT_FOUND
+            methods, args = found
+            handler = methods.get(req.method)
+            if handler is None:
+                return _NOT_ALLOWED
+            result = handler(req, *args)
+        except Exception as e:
+            return error_response(e)
+        return result  # a Response, or a coroutine whose errors the connection maps back here
+
+    def _route(self, path: str) -> tuple[dict[str, Endpoint], tuple[Any, ...]] | None:
+        if path == "/v2/models/stats":
+            return self._model_routes["stats"], ("", "")
+        m = _MODEL.fullmatch(path)
+        if m is not None:
+            return self._model_routes[m[3]], (unquote(m[1]), m[2] or "")
+        fixed = self._fixed.get(path)
+        if fixed is not None:
+            return fixed, ()
+        m = _SHM.fullmatch(path)
+        if m is not None:
+            return self._shm_routes[m[1], m[3]], (unquote(m[2] or ""),)
+        m = _REPO.fullmatch(path)
+        if m is not None:
+            repo = unquote(m[1] or "")
+            if m[2] == "index":
+                return {"POST": self.repository_index}, (repo,)
+            action = self.load if m[4] == "load" else self.unload
+            return {"POST": action}, (repo, unquote(m[3]))
+        return None
+
+    # ------------------------------------------------------------------ bodies
+
+    def _body(self, req: Request) -> bytes:
+        """The request body, decompressed per Content-Encoding, never past max_input_size."""
+        encoding = req.headers.get("content-encoding", "").strip().lower()
+        if not encoding or encoding == "identity":
+            return req.body
+        if encoding not in ("gzip", "deflate"):
+            raise bad_request(f"unsupported Content-Encoding '{encoding}'; use gzip or deflate")
+        # gzip: wbits 31; deflate: the zlib format (what HTTP means), or raw deflate as a fallback.
+        for wbits in (31,) if encoding == "gzip" else (15, -15):
+            d = zlib.decompressobj(wbits)
+            try:
+                out = d.decompress(req.body, self.max_input_size + 1)
+            except zlib.error:
+                continue
+            if len(out) > self.max_input_size:
+                raise bad_request(
+                    f"the decompressed request body exceeds the maximum allowed input size of "
+                    f"{self.max_input_size} bytes. Use --http-max-input-size to increase the limit."
+                )
+            if not d.eof:
+                raise bad_request(f"the {encoding} request body is truncated")
+            return out
+        raise bad_request(f"the request body is not valid {encoding} data")
+
+    def _json(self, req: Request, what: str) -> dict[str, Any]:
+        body = self._body(req)
+        if not body.strip():
+            return {}
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as e:
+            raise bad_request(f"failed to parse the {what} JSON: {e}") from None
+        if not isinstance(doc, dict):
+            raise bad_request(f"the {what} JSON must be an object")
+        return doc
+
+    # ------------------------------------------------------------------ health and metadata
+
+    def live(self, req: Request) -> Response:
+        return _EMPTY_TEXT if self.server.is_live() else _NOT_LIVE
+
+    def ready(self, req: Request) -> Response:
+        return _EMPTY_TEXT if self.server.is_ready() else _NOT_LIVE
+
+    def server_metadata(self, req: Request) -> Response:
+        return Response(200, orjson.dumps(self.server.metadata()))
+
+    def model_metadata(self, req: Request, name: str, version: str) -> Response:
+        return Response(200, orjson.dumps(self.server.model_metadata(name, version)))
+
+    def model_ready(self, req: Request, name: str, version: str) -> Response:
+        if self.server.model_ready(name, version):
+            return _EMPTY_TEXT
+        return Response.error(400, "Model version not ready")  # Triton's status and message
+
+    def model_config(self, req: Request, name: str, version: str) -> Response:
+        return Response(200, orjson.dumps(to_json_dict(self.server.model_config(name, version))))
+
+    def stats(self, req: Request, name: str, version: str) -> Response:
+        return Response(200, orjson.dumps({"model_stats": self.server.statistics(name, version)}))
+
+    def logging(self, req: Request) -> Response:
+        settings = self.server.log_settings
+        if req.method == "POST":
+            changes = {k: v for k, v in self._json(req, "logging request").items() if v is not None}
+            return Response(200, orjson.dumps(settings.update(changes)))
+        return Response(200, orjson.dumps(settings.get()))
+
+    # ------------------------------------------------------------------ inference
+
+    async def infer(self, req: Request, name: str, version: str) -> Response:
+        body = self._body(req)
+        header = req.headers.get("inference-header-content-length")
+        if header is None:
+            request, plan = decode_request(body, None, name, version, self.shm)
+        else:
+            header = header.strip()
+            if not header.isdigit():
+                raise bad_request(
+                    "Inference-Header-Content-Length must be a non-negative integer, "
+                    f"got '{header}'"
+                )
+            length = int(header)
+            if length > len(body):
+                raise bad_request(
+                    f"Inference-Header-Content-Length {length} is larger than the request body "
+                    f"of {len(body)} bytes"
+                )
+            if length == 0:
+                config = self.server.model_config(name, version)
+                request, plan = decode_raw_request(body, name, version, config)
+            else:
+                request, plan = decode_request(body, length, name, version, self.shm)
+        response = await self.server.infer(request)
+        encoded = encode_response(response, plan, self.shm)
+        if not encoded.blobs:
+            return Response(200, encoded.header)
+        return Response(
+            200,
+            encoded.header,
+            _OCTET,
+            encoded.blobs,
+            [(b"Inference-Header-Content-Length", b"%d" % len(encoded.header))],
+        )
+
+    # ------------------------------------------------------------------ repository
+
+    def repository_index(self, req: Request, repo: str) -> Response:
+        doc = self._json(req, "repository index request")
+        ready = doc.get("ready", False)
+        if not isinstance(ready, bool):
+            raise bad_request("Invalid value for 'ready': expected a boolean")
+        return Response(200, orjson.dumps(self.server.repository_index(ready)))
+
+    async def load(self, req: Request, repo: str, name: str) -> Response:
+        if repo:
+            raise unsupported("'repository_name' specification is not supported")
+        params = self._parameters(req, "load request")
+        config: str | None = None
+        files: dict[str, bytes] = {}
+        for key, value in params.items():
+            if not isinstance(value, str):
+                raise bad_request(f"load parameter '{key}' must be a string")
+            if key == "config":
+                config = value
+            elif key.startswith("file:"):
+                try:
+                    files[key[5:]] = base64.b64decode(value, validate=True)
+                except (binascii.Error, ValueError):
+                    raise bad_request(f"load parameter '{key}' is not valid base64") from None
+            else:
+                raise bad_request(
+                    f"unknown load parameter '{key}'; expected 'config' or 'file:<path>'"
+                )
+        await self.server.load(name, config, files or None)
+        return Response(200)
+
+    async def unload(self, req: Request, repo: str, name: str) -> Response:
+        if repo:
+            raise unsupported("'repository_name' specification is not supported")
+        dependents = self._parameters(req, "unload request").get("unload_dependents", False)
+        if not isinstance(dependents, bool):
+            raise bad_request("Unable to parse 'unload_dependents': expected a bool")
+        await self.server.unload(name, dependents)
+        return Response(200)
+
+    def _parameters(self, req: Request, what: str) -> dict[str, Any]:
+        params = self._json(req, what).get("parameters", {})
+        if not isinstance(params, dict):
+            raise bad_request(f"the {what}'s 'parameters' must be an object")
+        return params
+
+    # ------------------------------------------------------------------ shared memory
+
+    def shm_status(self, req: Request, region: str) -> Response:
+        return Response(200, orjson.dumps(self.server.shm.status(region)))
+
+    def shm_register(self, req: Request, region: str) -> Response:
+        registry = self.shm.check()
+        if not region:
+            raise bad_request("missing region name in the register request path")
+        doc = self._json(req, "shared memory register request")
+        key = doc.get("key")
+        if not isinstance(key, str) or not key:
+            raise bad_request("the register request needs a string 'key' (the shm object name)")
+        offset, size = doc.get("offset", 0), doc.get("byte_size")
+        for field_name, v in (("offset", offset), ("byte_size", size)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise bad_request(
+                    f"the register request needs a non-negative integer '{field_name}'"
+                )
+        assert isinstance(offset, int) and isinstance(size, int)
+        registry.register(region, key, offset, size)
+        return Response(200)
+
+    def shm_unregister(self, req: Request, region: str) -> Response:
+        self.shm.check().unregister(region)
+        return Response(200)
+
+    def cuda_status(self, req: Request, region: str) -> Response:
+        if region:
+            raise ServerError(
+                Status.NOT_FOUND, f"Unable to find cuda shared memory region: '{region}'"
+            )
+        return Response(200, b"[]")
+
+    def cuda_register(self, req: Request, region: str) -> Response:
+        if not self.allow_client_shm:
+            raise unsupported(CLIENT_SHM_DISABLED)
+        why = (
+            "this server has no GPU" if self.server.gpu_count == 0 else "it is not implemented yet"
+        )
+        raise unsupported(
+            f"failed to register CUDA shared memory region '{region}': CUDA shared memory is not "
+            f"supported ({why}); use system shared memory instead"
+        )
+
+    def cuda_unregister(self, req: Request, region: str) -> Response:
+        if not self.allow_client_shm:
+            raise unsupported(CLIENT_SHM_DISABLED)
+        return Response(200)  # nothing can be registered; unknown names are not an error
