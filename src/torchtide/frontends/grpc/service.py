@@ -1,0 +1,316 @@
+"""`inference.GRPCInferenceService` over InferenceServer, on the stubs tritonclient ships.
+
+Each RPC is a thin adapter: protobuf in, one core call, protobuf out. Errors leave through one
+place (`_abort`, using convert.GRPC_CODES) with the core's message unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+from torchtide.errors import ServerError, invalid_arg, not_found, unavailable, unsupported
+from torchtide.frontends.grpc.convert import (
+    decode_request,
+    encode_response,
+    grpc_code,
+    param_value,
+    parse_dict,
+    shm_refused,
+)
+from torchtide.server import InferenceServer, parse_version
+
+log = logging.getLogger("torchtide.grpc")
+
+SHUTTING_DOWN = "server is shutting down; not accepting new requests"
+TRACE_UNSUPPORTED = (
+    "trace settings are not supported: torchtide does not implement Triton's trace extension "
+    "(it is not listed in ServerMetadata extensions)"
+)
+CUDA_UNSUPPORTED = (
+    "CUDA shared memory is not supported by torchtide; use system shared memory "
+    "(--allow-client-shm) or send tensors in the request"
+)
+
+_F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])
+
+
+def _message(exc: BaseException) -> str:
+    """A ServerError's own message; anything else is unexpected: logged, named by its type."""
+    if isinstance(exc, ServerError):
+        return exc.message
+    log.error("unexpected error serving a gRPC request", exc_info=exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+async def _abort(context: Any, exc: BaseException) -> None:
+    """The one exit for unary errors: ServerError keeps its status and message; anything else
+    is INTERNAL."""
+    code = grpc_code(exc.status) if isinstance(exc, ServerError) else grpc.StatusCode.INTERNAL
+    await context.abort(code, _message(exc))
+
+
+def rpc(*, refuse: bool = True) -> Callable[[_F], _F]:
+    """Wrap a unary handler: refuse while stopping (health RPCs excepted), map errors."""
+
+    def wrap(fn: _F) -> _F:
+        @functools.wraps(fn)
+        async def handler(self: InferenceService, request: Any, context: Any) -> Any:
+            if refuse and self.refusing():
+                await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+            try:
+                return await fn(self, request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as e:
+                await _abort(context, e)
+
+        return handler  # type: ignore[return-value]
+
+    return wrap
+
+
+_WAKE = object()  # wakes a stream's writer when its reader ends
+
+
+class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    def __init__(self, server: InferenceServer, *, allow_client_shm: bool = False) -> None:
+        self.server = server
+        self.shm = server.shm if allow_client_shm else None
+        self.closing = False
+        self._readers: set[asyncio.Task[None]] = set()
+
+    def refusing(self) -> bool:
+        return self.closing or not self.server.is_live()
+
+    # ------------------------------------------------------------------ health and metadata
+
+    @rpc(refuse=False)
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        return pb.ServerLiveResponse(live=not self.closing and self.server.is_live())
+
+    @rpc(refuse=False)
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        return pb.ServerReadyResponse(ready=not self.closing and self.server.is_ready())
+
+    @rpc(refuse=False)
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        if request.version:
+            parse_version(request.version)  # Triton: a malformed version is an error, not False
+        ready = not self.closing and self.server.model_ready(request.name, request.version)
+        return pb.ModelReadyResponse(ready=ready)
+
+    @rpc()
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        return parse_dict(self.server.metadata(), pb.ServerMetadataResponse())
+
+    @rpc()
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        meta = self.server.model_metadata(request.name, request.version)
+        return parse_dict(meta, pb.ModelMetadataResponse())
+
+    @rpc()
+    async def ModelConfig(self, request: Any, context: Any) -> Any:
+        config = self.server.model_config(request.name, request.version)
+        return pb.ModelConfigResponse(config=config)
+
+    @rpc()
+    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+        stats = self.server.statistics(request.name, request.version)
+        return parse_dict({"model_stats": stats}, pb.ModelStatisticsResponse())
+
+    # ------------------------------------------------------------------ inference
+
+    async def _infer(self, request: Any) -> Any:
+        if self.refusing():
+            raise unavailable(SHUTTING_DOWN)
+        req, shm_out = decode_request(request, self.shm)
+        resp = await self.server.infer(req)
+        return encode_response(resp, shm_out, self.shm)
+
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        # Not wrapped by @rpc: the hot path, one frame less. Same error mapping.
+        try:
+            return await self._infer(request)
+        except Exception as e:
+            await _abort(context, e)
+
+    async def ModelStreamInfer(self, request_iterator: AsyncIterator[Any], context: Any) -> None:
+        """Requests are served concurrently; each gets one response, in completion order.
+        An error is an `error_message` in the stream (the stream stays open), unless the client
+        sent the header `triton_grpc_error: true`: then, as Triton, the error closes the stream
+        with its gRPC status. On stop() the stream stops reading, answers what it has, and ends."""
+        strict = any(
+            k == "triton_grpc_error" and v == "true" for k, v in context.invocation_metadata() or ()
+        )
+        loop = asyncio.get_running_loop()
+        out: asyncio.Queue[Any] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+        pending = 0  # requests read and not yet answered
+
+        async def one(request: Any) -> None:
+            nonlocal pending
+            try:
+                item: Any = pb.ModelStreamInferResponse(infer_response=await self._infer(request))
+            except Exception as e:
+                item = (e, request.id)
+            finally:
+                pending -= 1
+            out.put_nowait(item)
+
+        async def read() -> None:
+            nonlocal pending
+            async for request in request_iterator:
+                pending += 1
+                task = loop.create_task(one(request))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+
+        reader = loop.create_task(read())
+        reader.add_done_callback(lambda _: out.put_nowait(_WAKE))
+        self._readers.add(reader)
+        try:
+            while not (reader.done() and pending == 0 and out.empty()):
+                item = await out.get()
+                if item is _WAKE:
+                    continue
+                if isinstance(item, tuple):
+                    exc, rid = item
+                    if strict:
+                        await _abort(context, exc)
+                    msg = _message(exc)
+                    item = pb.ModelStreamInferResponse(
+                        error_message=msg, infer_response=pb.ModelInferResponse(id=rid)
+                    )
+                await context.write(item)
+            if not reader.cancelled() and reader.exception() is not None:
+                raise reader.exception()  # type: ignore[misc]  # the request stream itself failed
+        finally:
+            self._readers.discard(reader)
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+    def close(self) -> None:
+        """Refuse new RPCs; open streams stop reading and end once their requests are answered."""
+        self.closing = True
+        for reader in list(self._readers):
+            reader.cancel()
+
+    # ------------------------------------------------------------------ repository
+
+    @staticmethod
+    def _no_repository_name(name: str) -> None:
+        if name:
+            raise unsupported("'repository_name' specification is not supported")
+
+    @rpc()
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        self._no_repository_name(request.repository_name)
+        resp = pb.RepositoryIndexResponse()
+        for e in self.server.repository_index(ready_only=request.ready):
+            resp.models.add(
+                name=e["name"], version=e.get("version", ""), state=e.get("state", ""),
+                reason=e.get("reason", ""),
+            )
+        return resp
+
+    @rpc()
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        self._no_repository_name(request.repository_name)
+        config: str | None = None
+        files: dict[str, bytes] = {}
+        for key, p in request.parameters.items():
+            value = param_value(p)
+            if key == "config":
+                if not isinstance(value, str):
+                    raise invalid_arg("the 'config' parameter must be a string_param (JSON)")
+                config = value
+            elif key.startswith("file:"):
+                if not isinstance(value, bytes):
+                    raise invalid_arg(f"the '{key}' parameter must be a bytes_param")
+                files[key[len("file:") :]] = value
+        await self.server.load(request.model_name, config, files or None)
+        return pb.RepositoryModelLoadResponse()
+
+    @rpc()
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        self._no_repository_name(request.repository_name)
+        p = request.parameters.get("unload_dependents")
+        dependents = bool(param_value(p)) if p is not None else False
+        await self.server.unload(request.model_name, unload_dependents=dependents)
+        return pb.RepositoryModelUnloadResponse()
+
+    # ------------------------------------------------------------------ shared memory
+
+    @rpc()
+    async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        if self.shm is None:
+            raise shm_refused()
+        resp = pb.SystemSharedMemoryStatusResponse()
+        for r in self.shm.status(request.name):
+            resp.regions[r["name"]].CopyFrom(
+                pb.SystemSharedMemoryStatusResponse.RegionStatus(**r)
+            )
+        return resp
+
+    @rpc()
+    async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        if self.shm is None:
+            raise shm_refused()
+        self.shm.register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @rpc()
+    async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        if self.shm is None:
+            raise shm_refused()
+        self.shm.unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    @rpc()
+    async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        if request.name:  # nothing can ever be registered
+            raise not_found(f"Unable to find cuda shared memory region: '{request.name}'")
+        return pb.CudaSharedMemoryStatusResponse()
+
+    @rpc()
+    async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        raise unsupported(CUDA_UNSUPPORTED)
+
+    @rpc()
+    async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        return pb.CudaSharedMemoryUnregisterResponse()  # unknown names are not an error (Triton)
+
+    # ------------------------------------------------------------------ trace and logging
+
+    @rpc()
+    async def TraceSetting(self, request: Any, context: Any) -> Any:
+        raise unsupported(TRACE_UNSUPPORTED)
+
+    @rpc()
+    async def LogSettings(self, request: Any, context: Any) -> Any:
+        changes: dict[str, Any] = {}
+        for key, v in request.settings.items():
+            which = v.WhichOneof("parameter_choice")
+            if which is not None:
+                changes[key] = getattr(v, which)
+        ls = self.server.log_settings
+        values = ls.update(changes) if changes else ls.get()
+        resp = pb.LogSettingsResponse()
+        for key, value in values.items():
+            s = resp.settings[key]
+            if isinstance(value, bool):
+                s.bool_param = value
+            elif isinstance(value, int):
+                s.uint32_param = value
+            else:
+                s.string_param = str(value)
+        return resp
