@@ -112,6 +112,18 @@ def set_param(p: Any, value: Any) -> None:
         p.string_param = str(value)
 
 
+# Triton's typing of request-level parameters (grpc infer_handler.cc SetInferenceRequestMetadata).
+_PARAM_TYPES: dict[str, tuple[str, ...]] = {
+    "sequence_id": ("int64_param", "string_param"),
+    "sequence_start": ("bool_param",),
+    "sequence_end": ("bool_param",),
+    "priority": ("int64_param", "uint64_param"),
+    "timeout": ("int64_param",),
+    "triton_enable_empty_final_response": ("bool_param",),
+}
+_PLAIN_TYPES = ("int64_param", "bool_param", "string_param")
+
+
 def _request_params(req: Any, rid: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, p in req.parameters.items():
@@ -121,7 +133,17 @@ def _request_params(req: Any, rid: str) -> dict[str, Any]:
                 f"Triton usage. Only the following keys starting with 'triton_' are allowed: "
                 + " ".join(sorted(_RESERVED))
             )
-        out[key] = param_value(p)
+        which = p.WhichOneof("parameter_choice")
+        allowed = _PARAM_TYPES.get(key, _PLAIN_TYPES)
+        if which not in allowed:
+            expected = allowed[0] if len(allowed) == 1 else (
+                ", ".join(allowed[:-1]) + ("," if len(allowed) > 2 else "") + " or " + allowed[-1]
+            )
+            raise invalid_arg(f"invalid value type for '{key}' parameter, expected {expected}.")
+        value = getattr(p, which)
+        if key == "priority" and value < 0:
+            raise invalid_arg("invalid value for 'priority', expected value >= 0.")
+        out[key] = value
     return out
 
 
