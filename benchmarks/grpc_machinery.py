@@ -9,10 +9,16 @@ Python allows). Each point: warm-up, then `--seconds` of measurement: throughput
 
 Configurations:
   echo          a bare grpc.aio ModelInfer that returns a fixed response: the machinery's ceiling
+  convert       echo plus the front-end's own work (decode the request, encode a response),
+                no core: what torchtide's conversions add to the machinery
   default       torchtide's GrpcFrontend as shipped (SERVER_OPTIONS), asyncio event loop
   uvloop        the same on uvloop
   reuseport     grpc.so_reuseport=1 (grpc's default)
   streams100    grpc.max_concurrent_streams=100
+  opt:K=V       the default server with one more grpc channel argument (e.g.
+                opt:grpc.optimization_target=throughput)
+  stream        the default server, driven through ONE ModelStreamInfer stream with
+                `concurrency` requests in flight instead of unary calls
   inproc        no network: InferenceServer.infer in-process, for the overhead figure
 """
 
@@ -34,14 +40,15 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
-CONFIGS = ["echo", "default", "uvloop", "reuseport", "streams100"]
+STREAM_METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
+CONFIGS = ["echo", "convert", "default", "uvloop", "reuseport", "streams100", "stream"]
 
 
-def add_sub_request() -> bytes:
+def add_sub_request(request_id: str = "") -> bytes:
     from tritonclient.grpc import service_pb2 as pb
 
     a = np.arange(16, dtype=np.int32).reshape(1, 16)
-    req = pb.ModelInferRequest(model_name="add_sub")
+    req = pb.ModelInferRequest(model_name="add_sub", id=request_id)
     for name in ("INPUT0", "INPUT1"):
         req.inputs.add(name=name, datatype="INT32", shape=[1, 16])
         req.raw_input_contents.append(a.tobytes())
@@ -64,7 +71,7 @@ def _repo() -> Path:
 async def _serve(config: str) -> None:
     import grpc
 
-    if config == "echo":
+    if config in ("echo", "convert"):
         from tritonclient.grpc import service_pb2 as pb
         from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
@@ -74,9 +81,16 @@ async def _serve(config: str) -> None:
             fixed.outputs.add(name=name, datatype="INT32", shape=[1, 16])
             fixed.raw_output_contents.append(a)
 
+        from torchtide.frontends.grpc.convert import decode_request, encode_response
+        from torchtide.types import InferResponse
+
         class Echo(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
             async def ModelInfer(self, request: Any, context: Any) -> Any:
-                return fixed
+                if config == "echo":
+                    return fixed
+                req, _ = decode_request(request, None)
+                outs = [type(t)(f"OUTPUT{i}", t.datatype, t.data) for i, t in enumerate(req.inputs)]
+                return encode_response(InferResponse("add_sub", "1", req.id, outs), {}, None)
 
         srv = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(Echo(), srv)
@@ -91,10 +105,15 @@ async def _serve(config: str) -> None:
     from torchtide.server import InferenceServer, ServerOptions
 
     options = list(fe.SERVER_OPTIONS)
+    changes: dict[str, Any] = {}
     if config == "reuseport":
-        options = [o for o in options if o[0] != "grpc.so_reuseport"] + [("grpc.so_reuseport", 1)]
+        changes["grpc.so_reuseport"] = 1
     elif config == "streams100":
-        options.append(("grpc.max_concurrent_streams", 100))
+        changes["grpc.max_concurrent_streams"] = 100
+    elif config.startswith("opt:"):  # any channel argument: opt:grpc.some_arg=value
+        key, value = config[4:].split("=", 1)
+        changes[key] = int(value) if value.lstrip("-").isdigit() else value
+    options = [o for o in options if o[0] not in changes] + list(changes.items())
     server = InferenceServer(ServerOptions([_repo()]))
     front = fe.GrpcFrontend(server, "127.0.0.1", 0, options=options)
     await front.start()
@@ -106,7 +125,7 @@ async def _serve(config: str) -> None:
 
 
 def serve_main(config: str) -> None:
-    if config == "uvloop":
+    if config.endswith("uvloop"):
         import uvloop
 
         uvloop.run(_serve(config))
@@ -117,17 +136,52 @@ def serve_main(config: str) -> None:
 # ---------------------------------------------------------------------------- load
 
 
-async def _load(port: int, concurrency: int, warmup: float, seconds: float) -> dict[str, float]:
-    import grpc
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc (robust to other load on a shared machine)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    body = add_sub_request()
+
+async def _load(port: int, concurrency: int, warmup: float, seconds: float, server_pid: int,
+                stream: bool) -> dict[str, float]:
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-        call = ch.unary_unary(METHOD)  # bytes in, bytes out: no client-side protobuf work
+        call: Any = ch.unary_unary(METHOD)  # bytes in, bytes out: no client protobuf work
+        if stream:
+            bidi = ch.stream_stream(STREAM_METHOD)()
+            lock = asyncio.Lock()
+            waiters: dict[str, asyncio.Future[None]] = {}
+
+            async def read() -> None:
+                async for raw in bidi:
+                    rid = pb.ModelStreamInferResponse.FromString(raw).infer_response.id
+                    waiters.pop(rid).set_result(None)
+
+            reader = asyncio.get_running_loop().create_task(read())
+
+            async def call(body: bytes) -> None:  # one request id per worker: one in flight
+                fut = asyncio.get_running_loop().create_future()
+                waiters[bodies[body]] = fut
+                async with lock:
+                    await bidi.write(body)
+                await fut
+
         lat: list[int] = []
         t_start = time.perf_counter() + warmup
         t_end = t_start + seconds
+        cpu: dict[str, float] = {}
 
-        async def worker() -> None:
+        async def sample() -> None:
+            await asyncio.sleep(warmup)
+            cpu["server0"], cpu["client0"] = cpu_seconds(server_pid), time.process_time()
+            await asyncio.sleep(seconds)
+            cpu["server1"], cpu["client1"] = cpu_seconds(server_pid), time.process_time()
+
+        bodies = {add_sub_request(str(i)): str(i) for i in range(concurrency)}
+
+        async def worker(body: bytes) -> None:
             while True:
                 t0 = time.perf_counter_ns()
                 await call(body)
@@ -139,17 +193,25 @@ async def _load(port: int, concurrency: int, warmup: float, seconds: float) -> d
                     lat.append(t1 - t0)
 
         # perf_counter_ns and perf_counter share a clock.
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(sample(), *(worker(b) for b in bodies))
+        if stream:
+            await bidi.done_writing()
+            await reader
     lat.sort()
+    n = max(1, len(lat))
     return {
         "rps": len(lat) / seconds,
         "p50_ms": lat[len(lat) // 2] / 1e6,
         "p99_ms": lat[int(len(lat) * 0.99)] / 1e6,
+        "server_us": (cpu["server1"] - cpu["server0"]) / n * 1e6,
+        "client_us": (cpu["client1"] - cpu["client0"]) / n * 1e6,
     }
 
 
-def load_main(port: int, concurrency: int, warmup: float, seconds: float) -> None:
-    print(json.dumps(asyncio.run(_load(port, concurrency, warmup, seconds))), flush=True)
+def load_main(port: int, concurrency: int, warmup: float, seconds: float, pid: int,
+              stream: bool) -> None:
+    result = asyncio.run(_load(port, concurrency, warmup, seconds, pid, stream))
+    print(json.dumps(result), flush=True)
 
 
 async def _inproc(concurrency: int, warmup: float, seconds: float) -> dict[str, float]:
@@ -179,7 +241,7 @@ async def _inproc(concurrency: int, warmup: float, seconds: float) -> dict[str, 
     await server.stop()
     lat.sort()
     return {"rps": len(lat) / seconds, "p50_ms": lat[len(lat) // 2] / 1e6,
-            "p99_ms": lat[int(len(lat) * 0.99)] / 1e6}
+            "p99_ms": lat[int(len(lat) * 0.99)] / 1e6, "server_us": 0.0, "client_us": 0.0}
 
 
 # ---------------------------------------------------------------------------- driver
@@ -203,14 +265,16 @@ def run_point(config: str, concurrencies: list[int], warmup: float, seconds: flo
                                capture_output=True, text=True, env=_env(), check=True)
             out[c] = json.loads(r.stdout.strip().splitlines()[-1])
         return out
-    server = subprocess.Popen([*me, "--serve", config], stdin=subprocess.PIPE,
+    server = subprocess.Popen([*me, "--serve", "default" if config == "stream" else config],
+                              stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True, env=_env())
     try:
         assert server.stdout is not None
         port = int(server.stdout.readline())
         out = {}
         for c in concurrencies:
-            r = subprocess.run([*me, "--load", str(port), str(c), str(warmup), str(seconds)],
+            r = subprocess.run([*me, "--load", str(port), str(c), str(warmup), str(seconds),
+                                str(server.pid), str(int(config == "stream"))],
                                capture_output=True, text=True, env=_env(), check=True)
             out[c] = json.loads(r.stdout.strip().splitlines()[-1])
         return out
@@ -228,14 +292,14 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--serve")
-    ap.add_argument("--load", nargs=4)
+    ap.add_argument("--load", nargs=6)
     ap.add_argument("--inproc", nargs=3)
     args = ap.parse_args()
     if args.serve:
         return serve_main(args.serve)
     if args.load:
-        port, c, w, s = args.load
-        return load_main(int(port), int(c), float(w), float(s))
+        port, c, w, s, pid, stream = args.load
+        return load_main(int(port), int(c), float(w), float(s), int(pid), stream == "1")
     if args.inproc:
         c, w, s = args.inproc
         print(json.dumps(asyncio.run(_inproc(int(c), float(w), float(s)))), flush=True)
@@ -247,11 +311,16 @@ def main() -> None:
             runs[config].append(run_point(config, args.concurrency, args.warmup, args.seconds))
     print(f"W1 add_sub over gRPC, {os.cpu_count()} cores, medians of {args.repeat} runs "
           f"({args.seconds:g} s each after {args.warmup:g} s warm-up)")
-    print(f"{'config':<12}{'conc':>6}{'infer/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
+    print("server_us / client_us: CPU time each process spent per request (what contention on a")
+    print("shared machine inflates least)")
+    keys = ("rps", "p50_ms", "p99_ms", "server_us", "client_us")
+    print(f"{'config':<12}{'conc':>6}{'infer/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+          f"{'server_us':>11}{'client_us':>11}")
     for config, rs in runs.items():
         for c in args.concurrency:
-            med = {k: statistics.median(r[c][k] for r in rs) for k in ("rps", "p50_ms", "p99_ms")}
-            print(f"{config:<12}{c:>6}{med['rps']:>10.0f}{med['p50_ms']:>9.3f}{med['p99_ms']:>9.3f}")
+            m = {k: statistics.median(r[c][k] for r in rs) for k in keys}
+            print(f"{config:<12}{c:>6}{m['rps']:>10.0f}{m['p50_ms']:>9.3f}{m['p99_ms']:>9.3f}"
+                  f"{m['server_us']:>11.0f}{m['client_us']:>11.0f}")
     return None
 
 
