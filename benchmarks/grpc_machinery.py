@@ -12,7 +12,8 @@ Configurations:
   convert       echo plus the front-end's own work (decode the request, encode a response),
                 no core: what torchtide's conversions add to the machinery
   default       torchtide's GrpcFrontend as shipped (SERVER_OPTIONS), asyncio event loop
-  uvloop        the same on uvloop
+  uvloop        the same on uvloop; any config ending in -uvloop (echo-uvloop,
+                stream-uvloop, ...) runs its server on uvloop
   reuseport     grpc.so_reuseport=1 (grpc's default)
   streams100    grpc.max_concurrent_streams=100
   opt:K=V       the default server with one more grpc channel argument (e.g.
@@ -41,7 +42,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 STREAM_METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
-CONFIGS = ["echo", "convert", "default", "uvloop", "reuseport", "streams100", "stream"]
+CONFIGS = ["echo", "echo-uvloop", "convert", "default", "uvloop", "reuseport", "streams100",
+           "stream", "stream-uvloop"]
 
 
 def add_sub_request(request_id: str = "") -> bytes:
@@ -70,6 +72,8 @@ def _repo() -> Path:
 
 async def _serve(config: str) -> None:
     import grpc
+
+    config = config.removesuffix("-uvloop")
 
     if config in ("echo", "convert"):
         from tritonclient.grpc import service_pb2 as pb
@@ -173,11 +177,26 @@ async def _load(port: int, concurrency: int, warmup: float, seconds: float, serv
         t_end = t_start + seconds
         cpu: dict[str, float] = {}
 
+        stats_call = ch.unary_unary(
+            "/inference.GRPCInferenceService/ModelStatistics",
+            request_serializer=pb.ModelStatisticsRequest.SerializeToString,
+            response_deserializer=pb.ModelStatisticsResponse.FromString,
+        )
+
+        async def counts() -> tuple[int, int]:
+            try:
+                s = (await stats_call(pb.ModelStatisticsRequest(name="add_sub"))).model_stats[0]
+            except grpc.RpcError:  # the echo servers have no statistics
+                return 0, 0
+            return int(s.inference_count), int(s.execution_count)
+
         async def sample() -> None:
             await asyncio.sleep(warmup)
             cpu["server0"], cpu["client0"] = cpu_seconds(server_pid), time.process_time()
+            cpu["rows0"], cpu["execs0"] = await counts()
             await asyncio.sleep(seconds)
             cpu["server1"], cpu["client1"] = cpu_seconds(server_pid), time.process_time()
+            cpu["rows1"], cpu["execs1"] = await counts()
 
         bodies = {add_sub_request(str(i)): str(i) for i in range(concurrency)}
 
@@ -205,6 +224,7 @@ async def _load(port: int, concurrency: int, warmup: float, seconds: float, serv
         "p99_ms": lat[int(len(lat) * 0.99)] / 1e6,
         "server_us": (cpu["server1"] - cpu["server0"]) / n * 1e6,
         "client_us": (cpu["client1"] - cpu["client0"]) / n * 1e6,
+        "batch": (cpu["rows1"] - cpu["rows0"]) / max(1, cpu["execs1"] - cpu["execs0"]),
     }
 
 
@@ -241,7 +261,8 @@ async def _inproc(concurrency: int, warmup: float, seconds: float) -> dict[str, 
     await server.stop()
     lat.sort()
     return {"rps": len(lat) / seconds, "p50_ms": lat[len(lat) // 2] / 1e6,
-            "p99_ms": lat[int(len(lat) * 0.99)] / 1e6, "server_us": 0.0, "client_us": 0.0}
+            "p99_ms": lat[int(len(lat) * 0.99)] / 1e6, "server_us": 0.0, "client_us": 0.0,
+            "batch": 0.0}
 
 
 # ---------------------------------------------------------------------------- driver
@@ -265,7 +286,8 @@ def run_point(config: str, concurrencies: list[int], warmup: float, seconds: flo
                                capture_output=True, text=True, env=_env(), check=True)
             out[c] = json.loads(r.stdout.strip().splitlines()[-1])
         return out
-    server = subprocess.Popen([*me, "--serve", "default" if config == "stream" else config],
+    stream = config.removesuffix("-uvloop") == "stream"
+    server = subprocess.Popen([*me, "--serve", config.replace("stream", "default", 1)],
                               stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True, env=_env())
     try:
@@ -274,7 +296,7 @@ def run_point(config: str, concurrencies: list[int], warmup: float, seconds: flo
         out = {}
         for c in concurrencies:
             r = subprocess.run([*me, "--load", str(port), str(c), str(warmup), str(seconds),
-                                str(server.pid), str(int(config == "stream"))],
+                                str(server.pid), str(int(stream))],
                                capture_output=True, text=True, env=_env(), check=True)
             out[c] = json.loads(r.stdout.strip().splitlines()[-1])
         return out
@@ -313,14 +335,17 @@ def main() -> None:
           f"({args.seconds:g} s each after {args.warmup:g} s warm-up)")
     print("server_us / client_us: CPU time each process spent per request (what contention on a")
     print("shared machine inflates least)")
-    keys = ("rps", "p50_ms", "p99_ms", "server_us", "client_us")
-    print(f"{'config':<12}{'conc':>6}{'infer/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
-          f"{'server_us':>11}{'client_us':>11}")
+    print("batch: the server's mean batch size (rows per model execution) during the point")
+    keys = ("rps", "p50_ms", "p99_ms", "server_us", "client_us", "batch")
+    width = max(12, *(len(c) + 2 for c in runs))
+    print(f"{'config':<{width}}{'conc':>6}{'infer/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+          f"{'server_us':>11}{'client_us':>11}{'batch':>7}")
     for config, rs in runs.items():
         for c in args.concurrency:
             m = {k: statistics.median(r[c][k] for r in rs) for k in keys}
-            print(f"{config:<12}{c:>6}{m['rps']:>10.0f}{m['p50_ms']:>9.3f}{m['p99_ms']:>9.3f}"
-                  f"{m['server_us']:>11.0f}{m['client_us']:>11.0f}")
+            print(f"{config:<{width}}{c:>6}{m['rps']:>10.0f}{m['p50_ms']:>9.3f}"
+                  f"{m['p99_ms']:>9.3f}{m['server_us']:>11.0f}{m['client_us']:>11.0f}"
+                  f"{m['batch']:>7.1f}")
     return None
 
 
