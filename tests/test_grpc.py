@@ -789,3 +789,19 @@ def test_refusal_without_client_shm_and_graceful_stop(tmp_path: Path) -> None:
     finally:
         if not stopped:
             app.stop()
+
+
+async def test_frontend_binds_free_port_and_refuses_a_taken_one(tmp_path: Path) -> None:
+    from torchtide.frontends.grpc import GrpcFrontend
+    from torchtide.server import InferenceServer, ServerOptions
+
+    server = InferenceServer(ServerOptions([tmp_path]))
+    fe = GrpcFrontend(server, "127.0.0.1", 0)
+    await fe.start()
+    try:
+        assert fe.port > 0
+        # SO_REUSEPORT is off: a second server on the same port fails instead of sharing it.
+        with pytest.raises(OSError, match="could not listen"):
+            await GrpcFrontend(server, "127.0.0.1", fe.port).start()
+    finally:
+        await fe.stop(0)
