@@ -751,7 +751,8 @@ def test_deadline_drops_a_queued_request(client: grpcclient.InferenceServerClien
 
 def test_refusal_without_client_shm_and_graceful_stop(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
-    write_model(repo, "slow", SLOW_CONFIG, {"1/model.py": SLOW_PY})
+    two_instances = SLOW_CONFIG.replace("count: 1", "count: 2")
+    write_model(repo, "slow", two_instances, {"1/model.py": SLOW_PY})
     app = start_app(repo, http=False)  # allow_client_shm defaults to False
     stopped = False
     try:
@@ -765,11 +766,19 @@ def test_refusal_without_client_shm_and_graceful_stop(tmp_path: Path) -> None:
         expect_error(lambda: c.infer("slow", req), grpc.StatusCode.UNIMPLEMENTED,
                      "--allow-client-shm")
 
+        # In flight when the stop begins: a unary request and one on a stream left open.
         in_flight: list[Any] = []
         worker = threading.Thread(
             target=lambda: in_flight.append(c.infer("slow", _slow_inputs(1.0))))
         worker.start()
-        wait_running(c, 0)
+        sends: queue.Queue[Any] = queue.Queue()
+        channel = grpc.insecure_channel(url)
+        stream = pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(iter(sends.get, None))
+        sreq = pb.ModelInferRequest(model_name="slow", id="streamed")
+        sreq.inputs.add(name="INPUT0", datatype="FP32", shape=[1])
+        sreq.raw_input_contents.append(np.array([0.8], np.float32).tobytes())
+        sends.put(sreq)
+        wait_running(c, 1)  # both are executing (two instances)
         deadline = time.monotonic() + 10
         stopper = threading.Thread(target=app.stop)
         stopper.start()
@@ -782,6 +791,11 @@ def test_refusal_without_client_shm_and_graceful_stop(tmp_path: Path) -> None:
                      "shutting down")
         expect_error(lambda: other.get_server_metadata(), grpc.StatusCode.UNAVAILABLE)
         worker.join(10)
+        # The open stream answers its request, then ends with OK though the client never closed.
+        answers = list(stream)
+        assert [(a.error_message, a.infer_response.id) for a in answers] == [("", "streamed")]
+        sends.put(None)
+        channel.close()
         stopper.join(30)
         assert in_flight and in_flight[0].as_numpy("OUTPUT0")[0] == np.float32(1.0)
         with pytest.raises(InferenceServerException):
