@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import queue
 import threading
 import time
@@ -146,6 +147,14 @@ def assert_healthy(client: grpcclient.InferenceServerClient) -> None:
     assert client.is_server_live()
     r = client.infer("add_sub", add_sub_inputs(I16, I16))
     np.testing.assert_array_equal(r.as_numpy("OUTPUT0"), I16 * 2)
+
+
+def test_status_table_matches_triton() -> None:
+    from torchtide.errors import Status
+    from torchtide.frontends.grpc.convert import GRPC_CODES, grpc_code
+
+    assert {s.name: c for s, c in GRPC_CODES.items()} == EXPECTED_CODE
+    assert all(grpc_code(s) == EXPECTED_CODE[s.name] for s in Status)
 
 
 # ---------------------------------------------------------------------------- health, metadata
@@ -456,17 +465,18 @@ def test_system_shared_memory(client: grpcclient.InferenceServerClient) -> None:
     a = np.arange(16, dtype=np.int32).reshape(1, 16)
     b = np.full((1, 16), 3, np.int32)
     nbytes = a.nbytes
-    ip = shm.create_shared_memory_region("in", "/tt_grpc_in", 2 * nbytes)
-    op = shm.create_shared_memory_region("out", "/tt_grpc_out", 2 * nbytes)
+    kin, kout = f"/tt_grpc_in_{os.getpid()}", f"/tt_grpc_out_{os.getpid()}"
+    ip = shm.create_shared_memory_region("in", kin, 2 * nbytes)
+    op = shm.create_shared_memory_region("out", kout, 2 * nbytes)
     try:
         shm.set_shared_memory_region(ip, [a])
         shm.set_shared_memory_region(ip, [b], offset=nbytes)
-        client.register_system_shared_memory("in", "/tt_grpc_in", 2 * nbytes)
-        client.register_system_shared_memory("out", "/tt_grpc_out", 2 * nbytes)
+        client.register_system_shared_memory("in", kin, 2 * nbytes)
+        client.register_system_shared_memory("out", kout, 2 * nbytes)
         status = client.get_system_shared_memory_status(as_json=True)["regions"]
-        assert status["in"]["key"] == "/tt_grpc_in" and status["in"]["byte_size"] == str(2 * nbytes)
+        assert status["in"]["key"] == kin and status["in"]["byte_size"] == str(2 * nbytes)
         assert list(client.get_system_shared_memory_status("out").regions) == ["out"]
-        expect_error(lambda: client.register_system_shared_memory("in", "/tt_grpc_in", nbytes),
+        expect_error(lambda: client.register_system_shared_memory("in", kin, nbytes),
                      grpc.StatusCode.ALREADY_EXISTS, "shared memory region 'in' already in manager")
         expect_error(lambda: client.get_system_shared_memory_status("nope"),
                      grpc.StatusCode.NOT_FOUND,
