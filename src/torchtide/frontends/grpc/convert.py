@@ -74,8 +74,8 @@ _RESERVED = frozenset({"triton_enable_empty_final_response"})
 
 
 @dataclass(slots=True)
-class ShmOutput:
-    """Where the client asked an output to be written: a registered region's span."""
+class ShmSpan:
+    """A span of a registered region: where an input is read from or an output written to."""
 
     region: str
     offset: int
@@ -147,7 +147,7 @@ def _request_params(req: Any, rid: str) -> dict[str, Any]:
     return out
 
 
-def _shm_params(params: Mapping[str, Any], tensor: str) -> ShmOutput | None:
+def _shm_params(params: Mapping[str, Any], tensor: str) -> ShmSpan | None:
     """Triton's shared_memory_region / _offset / _byte_size triple, checked as Triton does."""
     region_p = params.get("shared_memory_region")
     if region_p is None:
@@ -180,7 +180,7 @@ def _shm_params(params: Mapping[str, Any], tensor: str) -> ShmOutput | None:
             "'shared_memory_byte_size' must be specified along with 'shared_memory_region' "
             f"parameter for tensor '{tensor}'"
         )
-    return ShmOutput(region_p.string_param, values[0], values[1])
+    return ShmSpan(region_p.string_param, values[0], values[1])
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -286,7 +286,7 @@ def _from_contents(
 
 def decode_request(
     req: Any, shm: SharedMemoryRegistry | None
-) -> tuple[InferRequest, dict[str, ShmOutput]]:
+) -> tuple[InferRequest, dict[str, ShmSpan]]:
     """ModelInferRequest -> InferRequest (+ the outputs the client wants in shared memory).
     `shm` is None when client shared memory is not allowed."""
     model = req.model_name
@@ -334,7 +334,7 @@ def decode_request(
         )
     rid = req.id
     outputs: list[RequestedOutput] | None = None
-    shm_out: dict[str, ShmOutput] = {}
+    shm_out: dict[str, ShmSpan] = {}
     if req.outputs:
         outputs = []
         for o in req.outputs:
@@ -386,7 +386,7 @@ def tensor_bytes(t: InferTensor) -> bytes:
 
 
 def encode_response(
-    resp: InferResponse, shm_out: Mapping[str, ShmOutput], shm: SharedMemoryRegistry | None
+    resp: InferResponse, shm_out: Mapping[str, ShmSpan], shm: SharedMemoryRegistry | None
 ) -> Any:
     """InferResponse -> ModelInferResponse; outputs bound for shared memory get an empty raw
     entry (so indices stay aligned, as Triton does) and their bytes go to the region."""
