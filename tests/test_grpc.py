@@ -74,6 +74,22 @@ class TritonPythonModel:
         return responses
 """
 
+# Raises when INPUT0 is negative.
+FAIL_PY = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            if x.reshape(-1)[0] < 0:
+                raise ValueError("negative input refused by the model")
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", x)]))
+        return responses
+"""
+
 I16 = np.arange(16, dtype=np.int32).reshape(1, 16)
 
 
@@ -82,6 +98,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     r = standard_repository(tmp_path_factory.mktemp("grpc") / "repo")
     write_model(r, "slow", SLOW_CONFIG, {"1/model.py": SLOW_PY})
     write_model(r, "add_sub_copy", ADD_SUB_CONFIG, {"1/model.py": ADD_SUB_PY})
+    write_model(r, "fail", SLOW_CONFIG, {"1/model.py": FAIL_PY})
     return r
 
 
@@ -620,6 +637,23 @@ def test_wire_vectors(client: grpcclient.InferenceServerClient, vector: Vector) 
                              outputs=outputs, parameters=vector.parameters or None),
         EXPECTED_CODE[vector.status], vector.message,
     )
+    assert_healthy(client)
+
+
+def test_model_error_is_internal_with_its_message(
+    client: grpcclient.InferenceServerClient, stub: Any,
+) -> None:
+    bad = [infer_input("INPUT0", np.array([-1.0], np.float32))]
+    expect_error(lambda: client.infer("fail", bad), grpc.StatusCode.INTERNAL,
+                 "negative input refused by the model")
+    req = pb.ModelInferRequest(model_name="fail", id="f1")
+    req.inputs.add(name="INPUT0", datatype="FP32", shape=[1])
+    req.raw_input_contents.append(np.array([-1.0], np.float32).tobytes())
+    (answer,) = list(stub.ModelStreamInfer(iter([req])))
+    assert "negative input refused by the model" in answer.error_message
+    assert answer.infer_response.id == "f1"
+    ok = client.infer("fail", [infer_input("INPUT0", np.array([2.0], np.float32))])
+    assert ok.as_numpy("OUTPUT0")[0] == np.float32(2.0)
     assert_healthy(client)
 
 
