@@ -18,6 +18,8 @@ Configurations:
   streams100    grpc.max_concurrent_streams=100
   opt:K=V       the default server with one more grpc channel argument (e.g.
                 opt:grpc.optimization_target=throughput)
+  delay:US      the default server with add_sub's max_queue_delay_microseconds = US (to see
+                what batching does to the cost per request; not W1 as specified)
   stream        the default server, driven through ONE ModelStreamInfer stream with
                 `concurrency` requests in flight instead of unary calls
   inproc        no network: InferenceServer.infer in-process, for the overhead figure
@@ -60,13 +62,18 @@ def add_sub_request(request_id: str = "") -> bytes:
 # ---------------------------------------------------------------------------- servers
 
 
-def _repo() -> Path:
+def _repo(delay_us: int = 0) -> Path:
+    """W1's add_sub; `delay_us` > 0 sets dynamic_batching's max_queue_delay (an experiment)."""
     sys.path.insert(0, str(ROOT))
     from tests.models import write_add_sub
 
     repo = Path(tempfile.mkdtemp(prefix="grpcbench-")) / "repo"
     repo.mkdir(parents=True)
-    write_add_sub(repo)
+    d = write_add_sub(repo)
+    if delay_us:
+        cfg = d / "config.pbtxt"
+        batching = f"dynamic_batching {{ max_queue_delay_microseconds: {delay_us} }}"
+        cfg.write_text(cfg.read_text().replace("dynamic_batching {}", batching))
     return repo
 
 
@@ -118,7 +125,8 @@ async def _serve(config: str) -> None:
         key, value = config[4:].split("=", 1)
         changes[key] = int(value) if value.lstrip("-").isdigit() else value
     options = [o for o in options if o[0] not in changes] + list(changes.items())
-    server = InferenceServer(ServerOptions([_repo()]))
+    delay = int(config[6:]) if config.startswith("delay:") else 0
+    server = InferenceServer(ServerOptions([_repo(delay)]))
     front = fe.GrpcFrontend(server, "127.0.0.1", 0, options=options)
     await front.start()
     await server.start()
