@@ -792,6 +792,33 @@ def test_deadline_drops_a_queued_request(client: grpcclient.InferenceServerClien
     assert after.inference_stats.fail.count - before.inference_stats.fail.count == 1
 
 
+def test_cancelled_stream_drops_its_queued_requests(
+    client: grpcclient.InferenceServerClient, stub: Any, app: AppThread,
+) -> None:
+    before = _slow_stats(client)
+    sends: queue.Queue[Any] = queue.Queue()
+    call = stub.ModelStreamInfer(iter(sends.get, None))
+    for rid, seconds in (("running", 0.5), ("queued", 0.0)):
+        req = pb.ModelInferRequest(model_name="slow", id=rid)
+        req.inputs.add(name="INPUT0", datatype="FP32", shape=[1])
+        req.raw_input_contents.append(np.array([seconds], np.float32).tobytes())
+        sends.put(req)
+    wait_running(client, before.inference_stats.queue.count)
+    stats = app.app.server.resolve("slow").stats  # in-process: is the second one queued yet?
+    deadline = time.monotonic() + 10
+    while stats.pending < 1:
+        assert time.monotonic() < deadline, "the second request never reached the queue"
+        time.sleep(0.001)
+    call.cancel()
+    sends.put(None)
+    client.infer("slow", _slow_inputs(0.0))  # runs after the cancelled one finishes
+    after = _slow_stats(client)
+    # Only the last request counts as executed: the running one ends CANCELED when the model
+    # returns, and the queued one never reaches the model.
+    assert after.execution_count - before.execution_count == 1
+    assert after.inference_stats.fail.count - before.inference_stats.fail.count == 2
+
+
 # ---------------------------------------------------------------------------- stop, refusal
 
 
