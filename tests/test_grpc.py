@@ -779,13 +779,13 @@ def test_deadline_drops_a_queued_request(client: grpcclient.InferenceServerClien
     """A request whose deadline passes while it is queued never reaches the model."""
     before = _slow_stats(client)
     first: list[Any] = []
-    t = threading.Thread(target=lambda: first.append(client.infer("slow", _slow_inputs(0.5))))
+    t = threading.Thread(target=lambda: first.append(client.infer("slow", _slow_inputs(0.8))))
     t.start()
     wait_running(client, before.inference_stats.queue.count)
-    expect_error(lambda: client.infer("slow", _slow_inputs(0.0), client_timeout=0.1),
+    expect_error(lambda: client.infer("slow", _slow_inputs(0.0), client_timeout=0.3),
                  grpc.StatusCode.DEADLINE_EXCEEDED)
     t.join(10)
-    assert first and first[0].as_numpy("OUTPUT0")[0] == np.float32(0.5)
+    assert first and first[0].as_numpy("OUTPUT0")[0] == np.float32(0.8)
     client.infer("slow", _slow_inputs(0.0))
     after = _slow_stats(client)
     assert after.execution_count - before.execution_count == 2  # the timed-out one never ran
