@@ -274,6 +274,12 @@ def test_add_sub_echoes_id_and_batches(client: grpcclient.InferenceServerClient)
     assert r.get_response().id == ""
 
 
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_requests(client: grpcclient.InferenceServerClient, algorithm: str) -> None:
+    r = client.infer("add_sub", add_sub_inputs(I16, I16), compression_algorithm=algorithm)
+    np.testing.assert_array_equal(r.as_numpy("OUTPUT0"), 2 * I16)
+
+
 def _identity_data(dtype: str) -> np.ndarray:
     rng = np.random.default_rng(0)
     if dtype == "BYTES":
