@@ -359,12 +359,15 @@ def _require_shm(shm: SharedMemoryRegistry | None) -> SharedMemoryRegistry:
     return shm
 
 
+# The same words as the HTTP front-end's, so the refusal reads the same on both protocols.
+CLIENT_SHM_DISABLED = (
+    "Client shared memory is disabled. Start the server with '--allow-client-shm' "
+    "(--allow-client-shm=true) to enable it."
+)
+
+
 def shm_refused() -> ServerError:
-    return ServerError(
-        Status.UNSUPPORTED,
-        "client shared memory is disabled on this server; start it with --allow-client-shm "
-        "to register and use system shared memory regions",
-    )
+    return ServerError(Status.UNSUPPORTED, CLIENT_SHM_DISABLED)
 
 
 # ---------------------------------------------------------------------------- outputs
