@@ -188,3 +188,40 @@ async def test_load_unload_cycles_do_not_leak(tmp_path: Path) -> None:
     finally:
         await s.stop()
     assert grown < 20 * 2**20, f"RSS grew {grown / 2**20:.1f} MiB over 50 load/unload cycles"
+
+
+SLOW_INIT_PY = '''
+import time
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        time.sleep(1.0)
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor(
+            "OUT", pb_utils.get_input_tensor_by_name(r, "IN").as_numpy())]) for r in requests]
+'''
+
+
+async def test_model_removed_while_reloading(tmp_path: Path) -> None:
+    """Triton kept serving such a model, stopped polling and ignored SIGTERM."""
+    write_model(tmp_path, "slow", versioned(), {"1/model.py": SLOW_INIT_PY})
+    s = InferenceServer(ServerOptions([tmp_path], control_mode="poll", poll_secs=3600))
+    await s.start()
+    try:
+        assert s.model_ready("slow")
+        (tmp_path / "slow" / "config.pbtxt").write_text(versioned().replace("4", "2"))
+        reloading = asyncio.ensure_future(s.poll_once())
+        await asyncio.sleep(0.3)  # the new version is loading beside the old one
+        shutil.rmtree(tmp_path / "slow")
+        await reloading
+        await s.poll_once()  # polling goes on and sees the folder gone
+        assert not s.model_ready("slow")
+        assert all(e["name"] != "slow" for e in s.repository_index())
+        write_versioned(tmp_path, "later", "", ["1"])
+        await s.poll_once()
+        assert s.model_ready("later")
+    finally:
+        assert await asyncio.wait_for(s.stop(timeout=5), 10)

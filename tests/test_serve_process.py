@@ -209,3 +209,32 @@ def test_tritonserver_alias_with_kserve_flags(repo: Path) -> None:
 def test_missing_repository_exits_2(tmp_path: Path) -> None:
     s = launch(tmp_path / "nope")
     assert s.proc.wait(30) == 2
+
+
+def test_a_slow_load_call_does_not_stall_other_clients(tmp_path: Path) -> None:
+    """Triton answered no other keep-alive client while an HTTP model-load call ran."""
+    write_add_sub(tmp_path)
+    slow_model(tmp_path, init_sleep=2.0)
+    s = launch(tmp_path, "--model-control-mode=explicit", "--load-model=add_sub")
+    try:
+        wait_for(lambda: s.status("/v2/health/ready") == 200)
+        loader = httpclient.InferenceServerClient(f"127.0.0.1:{s.http}", network_timeout=60)
+        other = httpclient.InferenceServerClient(f"127.0.0.1:{s.http}")
+        a = np.ones((1, 16), np.int32)
+        inputs = [httpclient.InferInput("INPUT0", [1, 16], "INT32"),
+                  httpclient.InferInput("INPUT1", [1, 16], "INT32")]
+        for i in inputs:
+            i.set_data_from_numpy(a)
+        with ThreadPoolExecutor(1) as pool:
+            load = pool.submit(loader.load_model, "slow")
+            time.sleep(0.3)
+            answered = 0
+            while not load.done():
+                assert other.infer("add_sub", inputs).as_numpy("OUTPUT0").sum() == 32
+                answered += 1
+            load.result()
+        assert answered > 5  # served all through the 2 s load
+        assert other.is_model_ready("slow")
+    finally:
+        s.proc.terminate()
+        s.proc.wait(30)

@@ -9,7 +9,6 @@ is measured from the oldest queued request on a monotonic clock.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import itertools
 import time
@@ -119,8 +118,11 @@ class Scheduler:
         self.delayed: deque[Pending] = deque()  # timed out with timeout_action DELAY
         self.deadlines: list[tuple[int, int, Pending]] = []
         self._seq = itertools.count()
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        # No task of its own: enqueue and completion ask for one scheduling pass at the end of
+        # the current loop iteration (coalesced), and one timer covers delays and timeouts.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pass_pending = False
+        self._timer: asyncio.TimerHandle | None = None
         self._accepting = True
         self._running = 0  # batches executing
         self._idle_event = asyncio.Event()
@@ -134,7 +136,7 @@ class Scheduler:
     # ------------------------------------------------------------------ admission
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="scheduler")
+        self._loop = asyncio.get_running_loop()
 
     def enqueue(self, work: Work, key: tuple[Any, ...], request_id: str) -> Pending:
         if not self._accepting:
@@ -159,7 +161,7 @@ class Scheduler:
         self.queues[level].append(p)
         self.stats.pending += 1
         self._idle_event.clear()
-        self._wake.set()
+        self._wake()
         return p
 
     def _level(self, params: dict[str, Any]) -> int:
@@ -185,19 +187,29 @@ class Scheduler:
         """The caller went away: a queued request never reaches the model."""
         p.work.cancelled = True
         if p.state is State.QUEUED:
-            self._wake.set()
+            self._wake()
 
     # ------------------------------------------------------------------ the loop
 
-    async def _run(self) -> None:
-        while True:
-            timeout = self._schedule()
-            if timeout is None:
-                await self._wake.wait()
-            else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
-            self._wake.clear()
+    def _wake(self) -> None:
+        """Ask for a scheduling pass at the end of this loop iteration (once, however often
+        asked), so requests arriving together are seen together."""
+        if not self._pass_pending and self._loop is not None:
+            self._pass_pending = True
+            self._loop.call_soon(self._pass)
+
+    def _pass(self) -> None:
+        self._pass_pending = False
+        wait = self._schedule()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if wait is not None and self._loop is not None:
+            self._timer = self._loop.call_later(wait, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._pass()
 
     def _schedule(self) -> float | None:
         """Dispatch what can go now; return seconds until the next timed event, or None."""
@@ -352,7 +364,7 @@ class Scheduler:
             self._release([(p, err) for p in batch], now)
         if not self.alive:
             self._fail_queued(unavailable(f"no instance left in service: {why}"))
-        self._wake.set()
+        self._wake()
 
     def _fail_queued(self, err: ServerError) -> None:
         now = time.monotonic_ns()
@@ -402,7 +414,7 @@ class Scheduler:
             self._release_held(now)
         else:
             self._release(pairs, now)
-        self._wake.set()
+        self._wake()
 
     def _release_held(self, now: int) -> None:
         while self._next_release in self._held:
@@ -426,7 +438,7 @@ class Scheduler:
     async def drain(self, timeout: float | None = None) -> bool:
         """Stop accepting; wait for queued and running work. True when everything finished."""
         self._accepting = False
-        self._wake.set()
+        self._wake()
         try:
             await asyncio.wait_for(self._idle_event.wait(), timeout)
             return True
@@ -435,10 +447,9 @@ class Scheduler:
 
     async def close(self) -> None:
         self._accepting = False
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         # anything still queued (drain timed out) fails cleanly
         now = time.monotonic_ns()
         for _, p in list(self._order()):
