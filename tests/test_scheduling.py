@@ -368,3 +368,15 @@ async def test_hung_execute_is_cut_loose(make_server: ServerFactory, tmp_path: P
     assert out["OUTPUT0"].sum() == 32
     assert await s.stop(timeout=5)  # shutdown does not wait on the hung thread
     probe.GATE.set()
+
+
+async def test_idle_instances_share_a_batch(make_server: ServerFactory) -> None:
+    s = await make_server(
+        "dynamic_batching { preferred_batch_size: [8] max_queue_delay_microseconds: 100000 }\n"
+        "instance_group [{ count: 2 kind: KIND_CPU }]"
+    )
+    outs = await asyncio.gather(*(infer(s, 1, f"r{i}", value=i) for i in range(8)))
+    assert [o["OUT"][0, 0] for o in outs] == [2 * i + 1 for i in range(8)]
+    assert sorted(len(c.ids) for c in probe.CALLS) == [4, 4]  # both instances got half
+    assert {c.instance for c in probe.CALLS} == {"probe_0_0", "probe_0_1"}
+    assert s.resolve("probe").stats.releases["balanced"] == 2

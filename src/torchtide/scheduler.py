@@ -219,7 +219,9 @@ class Scheduler:
         while self.idle:
             batch, reason, ready_at = self._form(now)
             if batch:
-                self._dispatch(batch, reason, now)
+                parts = self._balance(batch)
+                for part in parts:
+                    self._dispatch(part, reason if len(parts) == 1 else "balanced", now)
                 continue
             if ready_at is not None:
                 wait_ns = ready_at - now
@@ -303,6 +305,23 @@ class Scheduler:
         if closed:  # a request of another shape closes the pending batch at once
             return chosen, "full", None
         return [], "", ready_at
+
+    def _balance(self, batch: list[Pending]) -> list[list[Pending]]:
+        """Beyond Triton: when a batch would take everything queued while several instances
+        are idle, spread it over them (equal rows, queue order kept) instead of leaving all
+        but one instance idle."""
+        k = min(len(self.idle), len(batch))
+        if k < 2 or not self.policy.dynamic or self.stats.pending != len(batch):
+            return [batch]
+        total = sum(p.work.rows for p in batch)
+        parts: list[list[Pending]] = [[]]
+        rows = 0
+        for p in batch:
+            if parts[-1] and rows >= total * len(parts) / k and len(parts) < k:
+                parts.append([])
+            parts[-1].append(p)
+            rows += p.work.rows
+        return parts
 
     def _drop_cancelled_heads(self, now: int) -> None:
         for q in (*self.queues, self.delayed):

@@ -9,7 +9,7 @@ from dataclasses import InitVar, dataclass, field
 from typing import Any
 
 FAIL_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
-RELEASE_REASONS = ("full", "preferred", "delay", "idle")
+RELEASE_REASONS = ("full", "preferred", "delay", "idle", "balanced")
 
 # Beyond Triton: latency histogram bucket upper bounds, 50 µs to 10 s, in ns.
 LATENCY_BOUNDS_NS: tuple[int, ...] = tuple(
