@@ -152,9 +152,11 @@ def test_config_contents() -> None:
     assert [(t.name, t.data_type, list(t.dims)) for t in resnet.output] == [
         ("OUTPUT__0", pb.TYPE_FP32, [1000])
     ]
+    # two instances of one torch thread each: the measured best layout on 2 cores
     assert [(g.count, g.kind) for g in resnet.instance_group] == [
-        (1, pb.ModelInstanceGroup.KIND_CPU)
+        (2, pb.ModelInstanceGroup.KIND_CPU)
     ]
+    assert resnet.parameters["NUM_THREADS"].string_value == "1"
 
     minilm = _parse_config("minilm")
     assert minilm.backend == "python" and minilm.max_batch_size == 64

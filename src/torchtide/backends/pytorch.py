@@ -80,8 +80,11 @@ class PyTorchInstance(TensorInstance):
     def __init__(self, ctx: LoadContext) -> None:
         cfg = ctx.config
         threads = parameter(cfg, "NUM_THREADS") or parameter(cfg, "INTRA_OP_THREAD_COUNT")
-        if threads:
-            torch.set_num_threads(int(threads))  # per thread: this instance's own thread
+        # torch's thread count is shared across threads, so each instance re-applies its own
+        # right before it computes (cheap), and models with different settings coexist.
+        self.threads = int(threads) if threads else 0
+        if self.threads:
+            torch.set_num_threads(self.threads)
         self.device = torch.device(ctx.instance.device)
         self.batched = ctx.spec.max_batch_size > 0
         self.spec = ctx.spec
@@ -106,6 +109,8 @@ class PyTorchInstance(TensorInstance):
         args: list[Any] = [None] * self.n_args
         for name, arr in inputs.items():
             args[self.positions[name]] = self._to_torch(name, arr)
+        if self.threads and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
         with torch.inference_mode():
             result = self.module(*args)
         return self._outputs(result, output_names)

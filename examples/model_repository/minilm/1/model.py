@@ -34,8 +34,10 @@ class TritonPythonModel:
         import torch
 
         num_threads = _param(model_config, "NUM_THREADS")
-        if num_threads is not None:
-            torch.set_num_threads(int(num_threads))
+        # torch's thread count is shared by every thread of the process: apply ours before each
+        # execute so another torch model's setting cannot leak into this one.
+        self.num_threads = int(num_threads) if num_threads is not None else 0
+        self.torch = torch
         self.max_bucket = int(_param(model_config, "MAX_BUCKET_SIZE", "32"))
 
         model_dir = _param(model_config, "MODEL_DIR")
@@ -47,6 +49,8 @@ class TritonPythonModel:
         self.embedder = MiniLMEmbedder(model_dir)
 
     def execute(self, requests):
+        if self.num_threads and self.torch.get_num_threads() != self.num_threads:
+            self.torch.set_num_threads(self.num_threads)
         texts = []
         spans = []  # (first row, row count, batch shape) per request
         for request in requests:
