@@ -26,4 +26,4 @@ test: lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider
 
 bench: examples
-	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.engine
+	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.suite
