@@ -21,6 +21,7 @@ from torchtide import dtypes
 from torchtide.errors import ServerError, Status, invalid_arg
 from torchtide.shm import SharedMemoryRegistry
 from torchtide.types import Array, InferRequest, InferResponse, InferTensor, RequestedOutput
+from torchtide.wire import decode_bytes_elements
 
 # The one table from the core's neutral status to the gRPC status code (as Triton maps
 # TRITONSERVER_Error codes). Anything not in it is INTERNAL.
@@ -136,8 +137,15 @@ def _request_params(req: Any, rid: str) -> dict[str, Any]:
         which = p.WhichOneof("parameter_choice")
         allowed = _PARAM_TYPES.get(key, _PLAIN_TYPES)
         if which not in allowed:
-            expected = allowed[0] if len(allowed) == 1 else (
-                ", ".join(allowed[:-1]) + ("," if len(allowed) > 2 else "") + " or " + allowed[-1]
+            expected = (
+                allowed[0]
+                if len(allowed) == 1
+                else (
+                    ", ".join(allowed[:-1])
+                    + ("," if len(allowed) > 2 else "")
+                    + " or "
+                    + allowed[-1]
+                )
             )
             raise invalid_arg(f"invalid value type for '{key}' parameter, expected {expected}.")
         value = getattr(p, which)
@@ -199,41 +207,18 @@ def _count(shape: Any, name: str, model: str) -> int:
 
 
 def parse_bytes_tensor(buf: bytes | memoryview, count: int, name: str, model: str) -> Array:
-    """4-byte little-endian length-prefixed elements -> object array of `bytes`."""
-    end = len(buf)
-    if count * 4 > end:  # every element needs its 4-byte length: refuse before allocating
-        raise invalid_arg(
-            f"unexpected size for input '{name}' for model '{model}': {count} string elements "
-            f"need at least {count * 4} bytes, got {end}"
-        )
-    out = np.empty(count, dtype=np.object_)
-    pos = 0
-    for i in range(count):
-        if pos + 4 > end:
-            raise invalid_arg(
-                f"unexpected number of string elements for input '{name}' for model '{model}': "
-                f"expected {count}, the data holds only {i}"
-            )
-        (n,) = _U32.unpack_from(buf, pos)
-        pos += 4
-        if pos + n > end:
-            raise invalid_arg(
-                f"element byte size indicator exceeds the end of the buffer for input '{name}' "
-                f"for model '{model}' (element {i} claims {n} bytes, {end - pos} remain)"
-            )
-        out[i] = bytes(buf[pos : pos + n])
-        pos += n
-    if pos != end:
-        raise invalid_arg(
-            f"unexpected size for input '{name}' for model '{model}': {end - pos} bytes remain "
-            f"after the {count} string elements the shape asks for"
-        )
-    return out
+    """4-byte little-endian length-prefixed elements -> object array of `bytes` (the same
+    decoder and messages as HTTP)."""
+    return decode_bytes_elements(name, (count,), buf)
 
 
 def _from_buffer(
-    buf: bytes | memoryview, dt: dtypes.DType, shape: tuple[int, ...], count: int,
-    name: str, model: str,
+    buf: bytes | memoryview,
+    dt: dtypes.DType,
+    shape: tuple[int, ...],
+    count: int,
+    name: str,
+    model: str,
 ) -> Array:
     if dt.itemsize == 0:
         return parse_bytes_tensor(buf, count, name, model).reshape(shape)

@@ -217,7 +217,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
         resp = pb.RepositoryIndexResponse()
         for e in self.server.repository_index(ready_only=request.ready):
             resp.models.add(
-                name=e["name"], version=e.get("version", ""), state=e.get("state", ""),
+                name=e["name"],
+                version=e.get("version", ""),
+                state=e.get("state", ""),
                 reason=e.get("reason", ""),
             )
         return resp
@@ -256,9 +258,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
             raise shm_refused()
         resp = pb.SystemSharedMemoryStatusResponse()
         for r in self.shm.status(request.name):
-            resp.regions[r["name"]].CopyFrom(
-                pb.SystemSharedMemoryStatusResponse.RegionStatus(**r)
-            )
+            resp.regions[r["name"]].CopyFrom(pb.SystemSharedMemoryStatusResponse.RegionStatus(**r))
         return resp
 
     @rpc()

@@ -22,6 +22,7 @@ from torchtide.errors import ServerError, Status
 from torchtide.frontends.http.errors import CLIENT_SHM_DISABLED, bad_request
 from torchtide.shm import SharedMemoryRegistry
 from torchtide.types import Array, InferRequest, InferTensor, RequestedOutput
+from torchtide.wire import decode_bytes_elements
 
 LENGTH_PREFIX = struct.Struct("<I")  # BYTES elements on the wire
 
@@ -335,42 +336,7 @@ def _fixed_from_bytes(
 
 
 def _bytes_from_buffer(name: str, shape: Sequence[int], buf: memoryview) -> Array:
-    count = math.prod(shape)
-    n = len(buf)
-    if count > n // 4:  # each element takes at least its 4-byte length prefix
-        raise bad_request(
-            f"input '{name}': shape {_shape_str(shape)} needs {count} BYTES elements, but "
-            f"{n} bytes can hold at most {n // 4}"
-        )
-    out = np.empty(count, dtype=np.object_)
-    pos = i = 0
-    while pos < n:
-        if pos + 4 > n:
-            raise bad_request(
-                f"input '{name}': BYTES element {i} has a truncated 4-byte length prefix "
-                f"({n - pos} bytes left)"
-            )
-        (length,) = LENGTH_PREFIX.unpack_from(buf, pos)
-        pos += 4
-        if pos + length > n:
-            raise bad_request(
-                f"input '{name}': BYTES element {i} declares {length} bytes, but only {n - pos} "
-                "remain"
-            )
-        if i >= count:
-            raise bad_request(
-                f"input '{name}': the data holds more than the {count} BYTES elements its shape "
-                f"{_shape_str(shape)} needs"
-            )
-        out[i] = bytes(buf[pos : pos + length])
-        pos += length
-        i += 1
-    if i != count:
-        raise bad_request(
-            f"input '{name}': shape {_shape_str(shape)} needs {count} BYTES elements, but the "
-            f"data holds {i}"
-        )
-    return out.reshape(shape)
+    return decode_bytes_elements(name, shape, buf)
 
 
 _INT_KINDS = frozenset("iu")
