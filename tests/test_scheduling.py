@@ -380,3 +380,25 @@ async def test_idle_instances_share_a_batch(make_server: ServerFactory) -> None:
     assert sorted(len(c.ids) for c in probe.CALLS) == [4, 4]  # both instances got half
     assert {c.instance for c in probe.CALLS} == {"probe_0_0", "probe_0_1"}
     assert s.resolve("probe").stats.releases["balanced"] == 2
+
+
+async def test_unload_waits_for_in_flight_requests(tmp_path: Path) -> None:
+    write_model(tmp_path, "probe", probe.probe_config("dynamic_batching { }"),
+                {"1/model.py": probe.PROBE_PY})
+    s = InferenceServer(ServerOptions([tmp_path], control_mode="explicit", startup_models=["*"]))
+    await s.start()
+    try:
+        b = await blocker(s)
+        queued = infer(s, 1, "queued")
+        await asyncio.sleep(0.02)
+        unloading = asyncio.ensure_future(s.unload("probe"))
+        await asyncio.sleep(0.1)
+        assert not unloading.done()  # waits while a request executes
+        assert not s.model_ready("probe")  # but takes no new work
+        probe.GATE.set()
+        await unloading
+        outs = await asyncio.gather(b, queued)
+        assert all(np.all(o["OUT"] == 1) for o in outs)
+    finally:
+        probe.GATE.set()
+        await s.stop()
