@@ -326,18 +326,18 @@ def test_minilm_matches_sentence_transformers(embedder: Any) -> None:
 
 @needs_minilm
 def test_minilm_model_py(embedder: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    threads = torch.get_num_threads()
-    try:
-        model = _load_python_model("minilm", monkeypatch, NUM_THREADS="1", MAX_BUCKET_SIZE="2")
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(threads)
+    model = _load_python_model("minilm", monkeypatch, NUM_THREADS="1", MAX_BUCKET_SIZE="2")
     batches = [SENTENCES[3:5], SENTENCES[:1], SENTENCES[1:3]]
     reqs = [
         _Request(TEXT=np.array([[s.encode()] for s in batch], dtype=np.object_))
         for batch in batches
     ]
-    responses = model.execute(reqs)
+    threads = torch.get_num_threads()
+    try:
+        responses = model.execute(reqs)
+        assert torch.get_num_threads() == 1  # NUM_THREADS is applied before each execute
+    finally:
+        torch.set_num_threads(threads)
     assert len(responses) == len(reqs)
     for batch, resp in zip(batches, responses, strict=True):
         out = resp.outputs["EMBEDDING"]
