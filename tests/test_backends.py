@@ -365,3 +365,26 @@ async def test_python_stacked_batch_mode(server: InferenceServer) -> None:
     for i, o in enumerate(outs):
         np.testing.assert_allclose(o["OUT"], np.full((1 + i % 2, 2), 10 * i))
         assert o["N"].tolist() == [[total]] * (1 + i % 2)  # all six arrived as one stacked batch
+
+
+@pytest.mark.parametrize("cores,threads", [(2, "1"), (8, "4"), (1, "1")])
+async def test_cpu_layout_default_for_tensor_backends(tmp_path: Path, cores: int, threads: str) -> None:
+    """No instance_group: 2 instances sharing the cores (beyond Triton's count of 1 for PyTorch)."""
+    d = write_model(tmp_path, "lin", """
+        platform: "pytorch_libtorch"
+        max_batch_size: 4
+        input [{ name: "INPUT__0" data_type: TYPE_FP32 dims: [2] }]
+        output [{ name: "OUTPUT__0" data_type: TYPE_FP32 dims: [2] }]
+        """, {})
+    (d / "1").mkdir()
+    torch.jit.script(torch.nn.Linear(2, 2)).save(str(d / "1" / "model.pt"))
+    s = InferenceServer(ServerOptions([tmp_path], gpu_count=0, cpu_count=cores))
+    await s.start()
+    try:
+        cfg = s.model_config("lin")
+        assert [(g.count, g.name) for g in cfg.instance_group] == [(min(2, cores), "lin_0")]
+        assert cfg.parameters["NUM_THREADS"].string_value == threads
+        runners = s.resolve("lin").scheduler.instances
+        assert [r.info.name for r in runners] == [f"lin_0_{i}" for i in range(min(2, cores))]
+    finally:
+        await s.stop()

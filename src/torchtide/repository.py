@@ -76,6 +76,7 @@ def prepare(
     override: ModelConfig | None = None,
     auto_complete: bool = True,
     gpu_count: int = 0,
+    cpu_count: int = 0,
 ) -> Prepared:
     """Read, complete and validate a model's config; raise ConfigError naming what is wrong.
 
@@ -97,7 +98,7 @@ def prepare(
         backend = get_backend(backend_name)
     except ServerError as e:
         raise ConfigError(f"{source}: backend: {e.message}") from None
-    cfgmod.complete_defaults(cfg, name, backend_name, gpu_count)
+    cfgmod.complete_defaults(cfg, name, backend_name, gpu_count, cpu_count)
     versions = select_versions(cfg, available, source)
     files = {v: model_dir / str(v) / cfg.default_model_filename for v in versions}
     for v, f in files.items():
@@ -119,6 +120,6 @@ def prepare(
                 f"{files[versions[-1]]}: cannot read the model to complete its config: "
                 f"{type(e).__name__}: {e}"
             ) from None
-        cfgmod.complete_defaults(cfg, name, backend_name, gpu_count)
+        cfgmod.complete_defaults(cfg, name, backend_name, gpu_count, cpu_count)
     cfgmod.validate(cfg, source, gpu_count)
     return Prepared(cfg, backend, versions, files)

@@ -57,6 +57,7 @@ class ServerOptions:
     exit_timeout_s: float = 30.0
     poll_secs: float = 15.0
     gpu_count: int = -1  # -1: detect
+    cpu_count: int = 0  # 0: detect (os.cpu_count)
     latency_histograms: bool = True  # beyond Triton: per-stage latency histograms (metrics)
 
 
@@ -392,6 +393,7 @@ class InferenceServer:
                 override=_copy(record.override),
                 auto_complete=self.options.auto_complete,
                 gpu_count=self.gpu_count,
+                cpu_count=self.options.cpu_count,
             )
             new = await self._instantiate(name, model_dir, prepared)
         except (ConfigError, ServerError) as e:

@@ -8,6 +8,7 @@ a dict return binds by key; a single tensor is output 0.
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,15 @@ from torchtide.config import ConfigError, ModelConfig, parameter
 from torchtide.errors import internal
 
 _INDEXED = re.compile(r"^(.*)__(\d+)$")
+# torch.export.load keeps global deserializer state: instances loading at once must take turns.
+_EXPORT_LOAD_LOCK = threading.Lock()
+
+
+def _load_exported(path: Path) -> Any:
+    with _EXPORT_LOAD_LOCK:
+        return torch.export.load(str(path))  # type: ignore[no-untyped-call]
+
+
 DEFAULT_AUTOCOMPLETE_MAX_BATCH = 4  # Triton's --backend-config default-max-batch-size
 
 
@@ -38,7 +48,7 @@ class PyTorchBackend(Backend):
                     "(or serve a torch.export program, model.pt2, which does)"
                 )
             return
-        ep = torch.export.load(str(model_file))  # type: ignore[no-untyped-call]
+        ep = _load_exported(model_file)
         _complete_from_export(cfg, ep)
 
     def load(self, ctx: LoadContext) -> PyTorchInstance:
@@ -90,10 +100,11 @@ class PyTorchInstance(TensorInstance):
         self.spec = ctx.spec
         path = ctx.model_file
         if path.suffix == ".pt2":
-            self.module: Any = torch.export.load(str(path)).module()
+            program = _load_exported(path)
+            self.module: Any = program.module()
             arg_names = [
                 s.arg.name
-                for s in torch.export.load(str(path)).graph_signature.input_specs
+                for s in program.graph_signature.input_specs
                 if s.kind.name == "USER_INPUT"
             ]
             self.module.to(self.device)
