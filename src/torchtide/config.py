@@ -31,12 +31,8 @@ PLATFORM_BACKEND = {
 BACKEND_PLATFORM = {"pytorch": "pytorch_libtorch", "onnxruntime": "onnxruntime_onnx", "python": ""}
 DEFAULT_FILENAMES = {"pytorch": "model.pt", "onnxruntime": "model.onnx", "python": "model.py"}
 # What a version folder's files say about the backend when the config does not.
-FILE_BACKEND = {
-    "model.py": "python",
-    "model.pt": "pytorch",
-    "model.pt2": "pytorch",
-    "model.onnx": "onnxruntime",
-}
+SUFFIX_BACKEND = {".py": "python", ".pt": "pytorch", ".pt2": "pytorch", ".onnx": "onnxruntime"}
+FILE_BACKEND = {f"model{suffix}": backend for suffix, backend in SUFFIX_BACKEND.items()}
 
 
 class ConfigError(Exception):
@@ -140,18 +136,9 @@ def resolve_backend(cfg: ModelConfig, model_dir: Path, versions: list[int]) -> s
     names = [cfg.default_model_filename] if cfg.default_model_filename else list(FILE_BACKEND)
     for v in sorted(versions, reverse=True):
         for fname in names:
-            if (model_dir / str(v) / fname).exists() and fname in FILE_BACKEND:
-                return FILE_BACKEND[fname]
-            if cfg.default_model_filename and (model_dir / str(v) / fname).exists():
-                suffix = Path(fname).suffix
-                guess = {
-                    ".py": "python",
-                    ".pt": "pytorch",
-                    ".pt2": "pytorch",
-                    ".onnx": "onnxruntime",
-                }
-                if suffix in guess:
-                    return guess[suffix]
+            backend = SUFFIX_BACKEND.get(Path(fname).suffix)
+            if backend is not None and (model_dir / str(v) / fname).exists():
+                return backend
     raise ConfigError(
         f"{model_dir / CONFIG_FILE}: backend: neither 'backend' nor 'platform' is set and no "
         f"model file ({', '.join(FILE_BACKEND)}) was found in the version folders"

@@ -16,6 +16,7 @@ from torchtide.instances import InstanceRunner
 from torchtide.scheduler import BatchPolicy, Scheduler
 from torchtide.stats import ModelStats
 from torchtide.types import InferRequest, InferResponse, InferTensor
+from torchtide.wire import shape_str
 
 BATCH_NOTE = (
     " NOTE: Setting a non-zero max_batch_size in the model config requires a batch dimension to be"
@@ -23,10 +24,6 @@ BATCH_NOTE = (
     " in your input dims config, try setting max_batch_size to zero. See the model configuration"
     " docs for allowed configuration."
 )
-
-
-def fmt_shape(shape: Any) -> str:
-    return "[" + ",".join(str(int(d)) for d in shape) + "]"
 
 
 def fmt_names(names: Any) -> str:
@@ -92,7 +89,7 @@ class ServedVersion:
             if batched and not shape:
                 raise invalid_arg(
                     f"[request id: {rid}] unexpected shape for input '{t.name}' for model "
-                    f"'{spec.name}'. Expected {fmt_shape((-1, *s.dims))}, got {fmt_shape(shape)}."
+                    f"'{spec.name}'. Expected {shape_str((-1, *s.dims))}, got {shape_str(shape)}."
                     + BATCH_NOTE
                 )
             if len(body) != len(s.dims) or any(
@@ -101,7 +98,7 @@ class ServedVersion:
                 expected = (-1, *s.dims) if batched else s.dims
                 raise invalid_arg(
                     f"[request id: {rid}] unexpected shape for input '{t.name}' for model "
-                    f"'{spec.name}'. Expected {fmt_shape(expected)}, got {fmt_shape(shape)}. "
+                    f"'{spec.name}'. Expected {shape_str(expected)}, got {shape_str(shape)}. "
                     + (BATCH_NOTE.lstrip() if batched else "")
                 )
             if batched:

@@ -21,7 +21,7 @@ from torchtide.logsettings import LogSettings
 from torchtide.repository import Prepared, prepare, scan, version_dirs
 from torchtide.served import ServedVersion
 from torchtide.shm import SharedMemoryRegistry
-from torchtide.types import InferRequest, InferResponse, InferTensor
+from torchtide.types import InferRequest, InferResponse, InferTensor, RequestedOutput
 from torchtide.warmup import warm_up
 
 log = logging.getLogger("torchtide.server")
@@ -252,8 +252,6 @@ class InferenceServer:
         parameters: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Convenience for in-process use: numpy in, {output name: numpy} out."""
-        from torchtide.types import RequestedOutput
-
         req = InferRequest(
             model_name=model,
             inputs=[InferTensor.of(n, a) for n, a in inputs.items()],
@@ -422,8 +420,6 @@ class InferenceServer:
                     record.states[v] = (ModelState.READY, "")
                 else:
                     record.states[v] = (ModelState.UNAVAILABLE, msg)
-        if not record.served and not record.states:
-            record.states = {}
 
     async def _instantiate(
         self, name: str, model_dir: Path, prepared: Prepared

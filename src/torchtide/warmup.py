@@ -14,6 +14,7 @@ from torchtide.backends.base import Timing, Work
 from torchtide.config import ConfigError, ModelConfig
 from torchtide.errors import ServerError
 from torchtide.instances import InstanceRunner
+from torchtide.wire import decode_bytes_elements
 
 Array = np.ndarray[Any, Any]
 
@@ -40,7 +41,10 @@ def sample_inputs(cfg: ModelConfig, warmup: Any, model_dir: Path) -> dict[str, A
             except OSError as e:
                 raise ConfigError(f"{where}: cannot read '{path}': {e}") from None
             if d.wire == "BYTES":
-                arr = _bytes_elements(raw, count, where)
+                try:
+                    arr = decode_bytes_elements(name, dims, raw)
+                except ServerError as e:
+                    raise ConfigError(f"{where}: '{path}': {e.message}") from None
             else:
                 if len(raw) != count * d.itemsize:
                     raise ConfigError(
@@ -61,17 +65,6 @@ def sample_inputs(cfg: ModelConfig, warmup: Any, model_dir: Path) -> dict[str, A
             arr = np.repeat(arr[np.newaxis, ...], warmup.batch_size, axis=0)
         out[name] = arr
     return out
-
-
-def _bytes_elements(raw: bytes, count: int, where: str) -> Array:
-    items, pos = [], 0
-    for _ in range(count):
-        if pos + 4 > len(raw):
-            raise ConfigError(f"{where}: BYTES data file ends early")
-        n = int.from_bytes(raw[pos : pos + 4], "little")
-        items.append(raw[pos + 4 : pos + 4 + n])
-        pos += 4 + n
-    return np.array(items, dtype=np.object_)
 
 
 async def warm_up(cfg: ModelConfig, runners: list[InstanceRunner], model_dir: Path) -> None:

@@ -11,6 +11,7 @@ import importlib.util
 import inspect
 import json
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -179,8 +180,6 @@ class PythonInstance(ModelInstance):
         self.pm = _PythonModel(ctx)
 
     def execute(self, work: list[Work], timing: Timing) -> list[Result]:
-        import time
-
         t0 = time.perf_counter_ns()
         live = [w for w in work if not w.cancelled]
         requests = [self.pm.make_request(w) for w in live]
