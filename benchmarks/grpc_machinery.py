@@ -1,4 +1,4 @@
-"""How fast is the gRPC front-end, and which grpc.aio settings make it fastest? (W1 add_sub)
+"""How fast is the gRPC front-end, and what does each layer cost? (W1 add_sub)
 
     PYTHONPATH=src python benchmarks/grpc_machinery.py [--seconds 3] [--repeat 3] [--configs ...]
 
@@ -7,17 +7,14 @@ the same cores: closed-loop clients on one grpc.aio channel sending a pre-serial
 ModelInferRequest as bytes (no protobuf work on the client side, the lightest generator that
 Python allows). Each point: warm-up, then `--seconds` of measurement: throughput, p50, p99.
 
-Configurations:
-  echo          a bare grpc.aio ModelInfer that returns a fixed response: the machinery's ceiling
+Configurations (any ending in -uvloop runs its server on uvloop, as `torchtide serve` does):
+  grpcio-echo   grpcio's own grpc.aio server with a ModelInfer that returns a fixed response:
+                the ceiling of the machinery torchtide used before its own transport
+  echo          torchtide's HTTP/2 transport (connection.py) with the same fixed response
   convert       echo plus the front-end's own work (decode the request, encode a response),
-                no core: what torchtide's conversions add to the machinery
-  default       torchtide's GrpcFrontend as shipped (SERVER_OPTIONS), asyncio event loop
-  uvloop        the same on uvloop; any config ending in -uvloop (echo-uvloop,
-                stream-uvloop, ...) runs its server on uvloop
-  reuseport     grpc.so_reuseport=1 (grpc's default)
-  streams100    grpc.max_concurrent_streams=100
-  opt:K=V       the default server with one more grpc channel argument (e.g.
-                opt:grpc.optimization_target=throughput)
+                no core: what the conversions add to the transport
+  default       torchtide's GrpcFrontend as shipped, asyncio event loop
+  uvloop        the same on uvloop
   delay:US      the default server with add_sub's max_queue_delay_microseconds = US (to see
                 what batching does to the cost per request; not W1 as specified)
   stream        the default server, driven through ONE ModelStreamInfer stream with
@@ -44,8 +41,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 STREAM_METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
-CONFIGS = ["echo", "echo-uvloop", "convert", "default", "uvloop", "reuseport", "streams100",
-           "stream", "stream-uvloop"]
+CONFIGS = ["grpcio-echo-uvloop", "echo-uvloop", "convert-uvloop", "default", "uvloop",
+           "stream-uvloop"]
 
 
 def add_sub_request(request_id: str = "") -> bytes:
@@ -78,13 +75,11 @@ def _repo(delay_us: int = 0) -> Path:
 
 
 async def _serve(config: str) -> None:
-    import grpc
-
     config = config.removesuffix("-uvloop")
+    from torchtide.frontends.grpc import frontend as fe
 
-    if config in ("echo", "convert"):
+    if config in ("echo", "convert", "grpcio-echo"):
         from tritonclient.grpc import service_pb2 as pb
-        from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
         a = np.arange(16, dtype=np.int32).reshape(1, 16).tobytes()
         fixed = pb.ModelInferResponse(model_name="add_sub", model_version="1")
@@ -95,39 +90,46 @@ async def _serve(config: str) -> None:
         from torchtide.frontends.grpc.convert import decode_request, encode_response
         from torchtide.types import InferResponse
 
-        class Echo(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+        class Echo:
             async def ModelInfer(self, request: Any, context: Any) -> Any:
-                if config == "echo":
+                if config != "convert":
                     return fixed
                 req, _ = decode_request(request, None)
                 outs = [type(t)(f"OUTPUT{i}", t.datatype, t.data) for i, t in enumerate(req.inputs)]
                 return encode_response(InferResponse("add_sub", "1", req.id, outs), {}, None)
 
-        srv = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(Echo(), srv)
-        port = srv.add_insecure_port("127.0.0.1:0")
-        await srv.start()
-        print(port, flush=True)
+        if config == "grpcio-echo":  # grpcio's own server, for comparison
+            import grpc
+            from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+            class GrpcioEcho(Echo, pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+                pass
+
+            srv = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            pb_grpc.add_GRPCInferenceServiceServicer_to_server(GrpcioEcho(), srv)
+            port = srv.add_insecure_port("127.0.0.1:0")
+            await srv.start()
+            print(port, flush=True)
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+            await srv.stop(0)
+            return
+
+        from torchtide.frontends.grpc.connection import GrpcConnection, Hub, Kind, Method
+
+        hub = Hub({METHOD: Method(Kind.UNARY, pb.ModelInferRequest, Echo().ModelInfer)})
+        listener = await asyncio.get_running_loop().create_server(
+            lambda: GrpcConnection(hub), "127.0.0.1", 0
+        )
+        print(listener.sockets[0].getsockname()[1], flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-        await srv.stop(0)
+        listener.close()
         return
 
-    from torchtide.frontends.grpc import frontend as fe
     from torchtide.server import InferenceServer, ServerOptions
 
-    options = list(fe.SERVER_OPTIONS)
-    changes: dict[str, Any] = {}
-    if config == "reuseport":
-        changes["grpc.so_reuseport"] = 1
-    elif config == "streams100":
-        changes["grpc.max_concurrent_streams"] = 100
-    elif config.startswith("opt:"):  # any channel argument: opt:grpc.some_arg=value
-        key, value = config[4:].split("=", 1)
-        changes[key] = int(value) if value.lstrip("-").isdigit() else value
-    options = [o for o in options if o[0] not in changes] + list(changes.items())
     delay = int(config[6:]) if config.startswith("delay:") else 0
     server = InferenceServer(ServerOptions([_repo(delay)]))
-    front = fe.GrpcFrontend(server, "127.0.0.1", 0, options=options)
+    front = fe.GrpcFrontend(server, "127.0.0.1", 0)
     await front.start()
     await server.start()
     print(front.port, flush=True)

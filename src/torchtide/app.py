@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import uvloop
 from prometheus_client import CollectorRegistry
 
 from torchtide.server import InferenceServer, ServerOptions
@@ -83,11 +85,16 @@ class App:
 
 
 class AppThread:
-    """An App on its own event loop in a background thread (tests, notebooks)."""
+    """An App on its own event loop in a background thread (tests, notebooks). The loop is
+    uvloop's, as under `torchtide serve`, unless `loop_factory` says otherwise."""
 
-    def __init__(self, options: AppOptions) -> None:
+    def __init__(
+        self,
+        options: AppOptions,
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+    ) -> None:
         self.app = App(options)
-        self.loop = asyncio.new_event_loop()
+        self.loop = (loop_factory or uvloop.new_event_loop)()
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="torchtide-app", daemon=True)

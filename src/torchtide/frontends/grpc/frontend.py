@@ -1,37 +1,31 @@
-"""GrpcFrontend: starts and stops the grpc.aio server that carries the inference service and
-the standard `grpc.health.v1.Health` service."""
+"""GrpcFrontend: listens for gRPC (our HTTP/2 transport, connection.py) and routes each RPC
+of the inference service and of the standard `grpc.health.v1.Health` service to its handler."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+import socket
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tritonclient.grpc import service_pb2_grpc as pb_grpc
+from google.protobuf import message_factory
+from grpc_health.v1 import health_pb2
+from tritonclient.grpc import service_pb2 as pb
 
+from torchtide.frontends.grpc.connection import AbortError, GrpcConnection, Hub, Kind, Method
 from torchtide.frontends.grpc.service import InferenceService
 from torchtide.server import InferenceServer
-
-# Chosen by benchmarks/grpc_machinery.py (figures in docs/grpc.md).
-SERVER_OPTIONS: list[tuple[str, Any]] = [
-    # Triton accepts tensors far beyond gRPC's 4 MB default; so do we (-1: no limit).
-    ("grpc.max_send_message_length", -1),
-    ("grpc.max_receive_message_length", -1),
-    # A second server on a taken port must fail to start, not share the port silently.
-    ("grpc.so_reuseport", 0),
-]
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 SERVICE_NAMES = ("", "inference.GRPCInferenceService")
 WATCH_INTERVAL_S = 0.5
+CLOSE_WAIT_S = 1.0  # after the grace period: how long connections get to end their streams
 
 
-class HealthService(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
+class HealthService:
     """grpc.health.v1: SERVING exactly when the server is ready (the whole server, `""`, and
     `inference.GRPCInferenceService` mean the same thing); other names are NOT_FOUND."""
 
@@ -66,6 +60,22 @@ class HealthService(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
                 await asyncio.wait_for(self.closed.wait(), WATCH_INTERVAL_S)
 
 
+def method_table(file_descriptor: Any, service: str, servicer: Any) -> dict[str, Method]:
+    """`/package.Service/Method` → handler, kinds and request types read from the protos."""
+    table: dict[str, Method] = {}
+    for m in file_descriptor.services_by_name[service].methods:
+        if m.client_streaming:
+            kind = Kind.BIDI
+        elif m.server_streaming:
+            kind = Kind.SERVER_STREAM
+        else:
+            kind = Kind.UNARY
+        request_type = message_factory.GetMessageClass(m.input_type)
+        path = f"/{file_descriptor.package}.{service}/{m.name}"
+        table[path] = Method(kind, request_type, getattr(servicer, m.name))
+    return table
+
+
 class GrpcFrontend:
     def __init__(
         self,
@@ -74,17 +84,16 @@ class GrpcFrontend:
         port: int,
         *,
         allow_client_shm: bool = False,
-        options: Sequence[tuple[str, Any]] | None = None,
         grace_s: float | None = None,
     ) -> None:
         self.server = server
         self.host = host
         self.port = port
-        self.options = list(SERVER_OPTIONS if options is None else options)
         self.grace_s = server.options.exit_timeout_s if grace_s is None else grace_s
         self.service = InferenceService(server, allow_client_shm=allow_client_shm)
         self.health = HealthService(server)
-        self._grpc: grpc.aio.Server | None = None
+        self._listener: asyncio.base_events.Server | None = None
+        self._hub: Hub | None = None
 
     @property
     def address(self) -> str:
@@ -92,24 +101,44 @@ class GrpcFrontend:
         return f"{host}:{self.port}"
 
     async def start(self) -> None:
-        srv = grpc.aio.server(options=self.options)
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.service, srv)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, srv)
+        methods = method_table(pb.DESCRIPTOR, "GRPCInferenceService", self.service)
+        methods |= method_table(health_pb2.DESCRIPTOR, "Health", self.health)
+        hub = Hub(methods)
+        loop = asyncio.get_running_loop()
         try:
-            bound = srv.add_insecure_port(self.address)
-        except RuntimeError as e:
+            # No SO_REUSEPORT: a second server on a taken port must fail, not share it.
+            listener = await loop.create_server(
+                lambda: GrpcConnection(hub),
+                self.host.strip("[]") or None,
+                self.port,
+                family=socket.AF_UNSPEC,
+                reuse_address=True,
+                backlog=1024,
+            )
+        except OSError as e:
             raise OSError(f"gRPC front-end could not listen on {self.address}: {e}") from None
-        if not bound:
-            raise OSError(f"gRPC front-end could not listen on {self.address}")
-        self.port = bound
-        await srv.start()
-        self._grpc = srv
+        self.port = listener.sockets[0].getsockname()[1]
+        self._listener, self._hub = listener, hub
 
     async def stop(self, grace: float | None = None) -> None:
         """Refuse new RPCs at once (UNAVAILABLE; readiness and health say not ready), let the
-        ones in flight finish within `grace` seconds, then close the listener."""
+        ones in flight finish within `grace` seconds, then close the listener and connections."""
         self.service.close()
         self.health.closed.set()
-        srv, self._grpc = self._grpc, None
-        if srv is not None:
-            await srv.stop(self.grace_s if grace is None else grace)
+        listener, hub = self._listener, self._hub
+        self._listener = self._hub = None
+        if listener is None or hub is None:
+            return
+        grace = self.grace_s if grace is None else grace
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(hub.idle.wait(), grace)
+        listener.close()
+        for conn in list(hub.connections):
+            conn.closing_when_idle()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(hub.idle.wait(), CLOSE_WAIT_S)
+        for conn in list(hub.connections):
+            conn.close(0, "server stopped")
+
+
+__all__ = ["AbortError", "GrpcFrontend", "HealthService"]

@@ -14,9 +14,9 @@ from typing import Any, TypeVar
 
 import grpc
 from tritonclient.grpc import service_pb2 as pb
-from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from torchtide.errors import ServerError, invalid_arg, not_found, unavailable, unsupported
+from torchtide.frontends.grpc.connection import AbortError
 from torchtide.frontends.grpc.convert import (
     decode_request,
     encode_response,
@@ -67,7 +67,7 @@ def rpc(*, refuse: bool = True) -> Callable[[_F], _F]:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
             try:
                 return await fn(self, request, context)
-            except grpc.aio.AbortError:
+            except AbortError:
                 raise
             except Exception as e:
                 await _abort(context, e)
@@ -80,7 +80,7 @@ def rpc(*, refuse: bool = True) -> Callable[[_F], _F]:
 _WAKE = object()  # wakes a stream's writer when its reader ends
 
 
-class InferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+class InferenceService:
     def __init__(self, server: InferenceServer, *, allow_client_shm: bool = False) -> None:
         self.server = server
         self.shm = server.shm if allow_client_shm else None

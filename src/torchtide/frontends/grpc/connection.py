@@ -1,0 +1,639 @@
+"""gRPC over HTTP/2 on one asyncio connection: our own transport instead of grpcio's server.
+
+grpc.aio's server tops out near 6,000 unary calls/s on these cores before any work is done
+(benchmarks/grpc_machinery.py); this protocol does only what a gRPC server needs — frames,
+HPACK, flow control, the 5-byte message prefix, status trailers — on the same uvloop as the
+HTTP front-end. Handlers keep grpc.aio's shape (`request, context` → response; `context.write`
+for streams; `context.abort`), so the servicers are plain classes over the core.
+
+Each RPC is one task: a client's RST_STREAM or an expired `grpc-timeout` cancels it.
+Request messages may be gzip/deflate compressed (`grpc-encoding`); responses go uncompressed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import zlib
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, NoReturn
+
+import grpc
+import hpack
+from google.protobuf.message import DecodeError
+
+from torchtide.frontends.grpc import http2 as h2
+
+log = logging.getLogger("torchtide.grpc")
+
+MESSAGE_PREFIX = struct.Struct(">BI")  # compressed flag, length
+_END = object()  # ends a request stream's inbox
+_TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+
+class Kind(Enum):
+    UNARY = "unary"  # one request, one response
+    SERVER_STREAM = "server_stream"  # one request, responses written through the context
+    BIDI = "bidi"  # requests as an async iterator, responses written through the context
+
+
+@dataclass(slots=True, frozen=True)
+class Method:
+    kind: Kind
+    request_type: Any  # a protobuf message class
+    handler: Callable[..., Awaitable[Any]]
+
+
+class AbortError(Exception):
+    """Raised by `Context.abort`: ends the RPC with this status and message."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class Context:
+    """What a handler may ask of its RPC (the subset of grpc.aio's ServicerContext we use)."""
+
+    __slots__ = ("_conn", "_stream")
+
+    def __init__(self, conn: GrpcConnection, stream: Stream) -> None:
+        self._conn = conn
+        self._stream = stream
+
+    def invocation_metadata(self) -> list[tuple[str, str]]:
+        return [(k, v) for k, v in self._stream.headers if not k.startswith(":")]
+
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> NoReturn:
+        raise AbortError(code, details)
+
+    async def write(self, message: Any) -> None:
+        self._conn.send_message(self._stream, message.SerializeToString())
+
+
+@dataclass(slots=True, eq=False)
+class Stream:
+    id: int
+    headers: h2.Headers
+    method: Method | None
+    send_window: int
+    encoding: str = "identity"
+    chunks: list[bytes | memoryview] = field(default_factory=list)  # a unary request's body
+    inbox: asyncio.Queue[Any] | None = None  # a streaming request's messages
+    partial: bytearray = field(default_factory=bytearray)  # a streamed message not yet whole
+    task: asyncio.Task[None] | None = None
+    timer: asyncio.TimerHandle | None = None
+    timed_out: bool = False
+    recv_unacked: int = 0
+    pending: deque[tuple[bool, bytes | memoryview]] = field(default_factory=deque)
+    headers_sent: bool = False
+    remote_closed: bool = False
+    local_closed: bool = False
+
+
+class Hub:
+    """What a listener's connections share: the method table and the live connections."""
+
+    def __init__(self, methods: dict[str, Method]) -> None:
+        self.methods = methods
+        self.connections: set[GrpcConnection] = set()
+        self.idle = asyncio.Event()  # no RPC running on any connection
+        self.idle.set()
+        self.running = 0
+
+    def rpc_started(self) -> None:
+        self.running += 1
+        self.idle.clear()
+
+    def rpc_ended(self) -> None:
+        self.running -= 1
+        if self.running == 0:
+            self.idle.set()
+
+
+class ConnectionError_(Exception):
+    """An HTTP/2 connection error: GOAWAY with this code, then close."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class GrpcConnection(asyncio.Protocol):
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.preface = False
+        self.decoder = h2.HeaderDecoder()
+        self.streams: dict[int, Stream] = {}
+        self.last_stream_id = 0
+        self.continuing: tuple[int, int, list[bytes]] | None = None  # stream, flags, fragments
+        self.peer_initial_window = h2.DEFAULT_WINDOW
+        self.peer_max_frame = h2.DEFAULT_MAX_FRAME
+        self.send_window = h2.DEFAULT_WINDOW  # the connection's, towards the peer
+        self.recv_unacked = 0
+        self.blocked: dict[int, Stream] = {}  # streams waiting for send window
+        self.out: list[bytes | memoryview] = []
+        self.flush_scheduled = False
+        self.refusing = False  # GOAWAY sent or received: no new streams
+        self.dead = False  # connection lost or failed: nothing more is read or sent
+
+    # ------------------------------------------------------------------ asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport
+        self.hub.connections.add(self)
+        self._write(
+            h2.settings_frame(
+                {
+                    h2.SETTINGS_ENABLE_PUSH: 0,
+                    h2.SETTINGS_INITIAL_WINDOW_SIZE: h2.OUR_WINDOW,
+                    h2.SETTINGS_MAX_FRAME_SIZE: h2.OUR_MAX_FRAME,
+                }
+            )
+            + h2.window_update(0, h2.OUR_CONNECTION_WINDOW - h2.DEFAULT_WINDOW)
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.hub.connections.discard(self)
+        self.dead = True
+        for stream in list(self.streams.values()):
+            self._drop(stream)
+        self.streams.clear()
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.dead:
+            return
+        if self.buf:
+            self.buf += data
+            if len(self.buf) < self._needed():
+                return  # a large frame still arriving: no copy until it is whole
+            data = bytes(self.buf)
+            self.buf.clear()
+        try:
+            used = self._frames(data)
+        except ConnectionError_ as e:
+            self.close(e.code, str(e))
+            return
+        except hpack.HPACKError as e:
+            self.close(h2.COMPRESSION_ERROR, f"bad header block: {e}")
+            return
+        if used < len(data):
+            self.buf += memoryview(data)[used:]
+
+    def _needed(self) -> int:
+        if not self.preface:
+            return len(h2.PREFACE)
+        if len(self.buf) < h2.FRAME_HEADER_SIZE:
+            return h2.FRAME_HEADER_SIZE
+        return h2.FRAME_HEADER_SIZE + int.from_bytes(self.buf[:3])
+
+    # ------------------------------------------------------------------ reading frames
+
+    def _frames(self, data: bytes) -> int:
+        pos = 0
+        if not self.preface:
+            if len(data) < len(h2.PREFACE):
+                if not h2.PREFACE.startswith(data):
+                    raise ConnectionError_(h2.PROTOCOL_ERROR, "not an HTTP/2 client preface")
+                return 0
+            if not data.startswith(h2.PREFACE):
+                raise ConnectionError_(h2.PROTOCOL_ERROR, "not an HTTP/2 client preface")
+            self.preface = True
+            pos = len(h2.PREFACE)
+        view = memoryview(data)
+        end = len(data)
+        unpack = h2.FRAME_HEADER.unpack_from
+        while end - pos >= h2.FRAME_HEADER_SIZE:
+            head, flags, sid = unpack(data, pos)
+            length = head >> 8
+            if length > h2.OUR_MAX_FRAME:
+                raise ConnectionError_(h2.FRAME_SIZE_ERROR, f"frame of {length} bytes")
+            if end - pos - h2.FRAME_HEADER_SIZE < length:
+                break
+            start = pos + h2.FRAME_HEADER_SIZE
+            pos = start + length
+            self._frame(head & 0xFF, flags, sid & 0x7FFFFFFF, view[start:pos])
+            if self.dead:
+                return end
+        return pos
+
+    def _frame(self, kind: int, flags: int, sid: int, payload: memoryview) -> None:
+        if self.continuing is not None and kind != h2.CONTINUATION:
+            raise ConnectionError_(h2.PROTOCOL_ERROR, "expected CONTINUATION")
+        if kind == h2.DATA:
+            self._data(flags, sid, payload)
+        elif kind == h2.HEADERS:
+            self._headers(flags, sid, payload)
+        elif kind == h2.CONTINUATION:
+            if self.continuing is None or self.continuing[0] != sid:
+                raise ConnectionError_(h2.PROTOCOL_ERROR, "unexpected CONTINUATION")
+            self.continuing[2].append(bytes(payload))
+            if flags & h2.END_HEADERS:
+                sid, first_flags, fragments = self.continuing
+                self.continuing = None
+                self._header_block(first_flags, sid, b"".join(fragments))
+        elif kind == h2.SETTINGS:
+            if not flags & h2.ACK:
+                self._settings(payload)
+        elif kind == h2.WINDOW_UPDATE:
+            self._window_update(sid, payload)
+        elif kind == h2.PING:
+            if not flags & h2.ACK:
+                self._write(h2.frame(h2.PING, h2.ACK, 0, bytes(payload)))
+        elif kind == h2.RST_STREAM:
+            stream = self.streams.pop(sid, None)
+            if stream is not None:
+                self._drop(stream)
+        elif kind == h2.GOAWAY:
+            self.closing_when_idle()
+        elif kind == h2.PUSH_PROMISE:
+            raise ConnectionError_(h2.PROTOCOL_ERROR, "a client may not push")
+        # PRIORITY and unknown frame types are ignored (RFC 9113 5.5)
+
+    @staticmethod
+    def _unpad(flags: int, payload: memoryview) -> memoryview:
+        if flags & h2.PADDED:
+            if not payload:
+                raise ConnectionError_(h2.PROTOCOL_ERROR, "padded frame without pad length")
+            pad = payload[0]
+            if pad >= len(payload):
+                raise ConnectionError_(h2.PROTOCOL_ERROR, "padding longer than the frame")
+            return payload[1 : len(payload) - pad]
+        return payload
+
+    def _data(self, flags: int, sid: int, payload: memoryview) -> None:
+        self.recv_unacked += len(payload)
+        if self.recv_unacked >= h2.OUR_CONNECTION_WINDOW // 2:
+            self._write(h2.window_update(0, self.recv_unacked))
+            self.recv_unacked = 0
+        stream = self.streams.get(sid)
+        if stream is None or stream.remote_closed:
+            if sid == 0 or sid > self.last_stream_id:
+                raise ConnectionError_(h2.PROTOCOL_ERROR, f"DATA on idle stream {sid}")
+            self._write(h2.rst_stream(sid, h2.STREAM_CLOSED))
+            return
+        body = self._unpad(flags, payload)
+        ended = bool(flags & h2.END_STREAM)
+        if not ended:
+            stream.recv_unacked += len(payload)
+            if stream.recv_unacked >= h2.OUR_WINDOW // 2:
+                self._write(h2.window_update(sid, stream.recv_unacked))
+                stream.recv_unacked = 0
+        if stream.inbox is not None:
+            if body:
+                self._feed(stream, body)
+        elif body:
+            stream.chunks.append(body)
+        if ended:
+            self._remote_end(stream)
+
+    def _headers(self, flags: int, sid: int, payload: memoryview) -> None:
+        body = self._unpad(flags, payload)
+        if flags & h2.PRIORITY_FLAG:
+            body = body[5:]
+        if flags & h2.END_HEADERS:
+            self._header_block(flags, sid, bytes(body))
+        else:
+            self.continuing = (sid, flags, [bytes(body)])
+
+    def _header_block(self, flags: int, sid: int, block: bytes) -> None:
+        headers = self.decoder.decode(block)  # always, so the HPACK table stays in step
+        stream = self.streams.get(sid)
+        if stream is not None:  # trailers from the client: only END_STREAM matters
+            if flags & h2.END_STREAM and not stream.remote_closed:
+                self._remote_end(stream)
+            return
+        if sid % 2 == 0 or sid <= self.last_stream_id:
+            raise ConnectionError_(h2.PROTOCOL_ERROR, f"bad stream id {sid}")
+        self.last_stream_id = sid
+        if self.refusing:
+            self._write(h2.rst_stream(sid, h2.REFUSED_STREAM))
+            return
+        self._open(sid, headers, bool(flags & h2.END_STREAM))
+
+    def _open(self, sid: int, headers: h2.Headers, ended: bool) -> None:
+        path = ""
+        content_type = ""
+        timeout = ""
+        encoding = "identity"
+        for k, v in headers:
+            if k == ":path":
+                path = v
+            elif k == "content-type":
+                content_type = v
+            elif k == "grpc-timeout":
+                timeout = v
+            elif k == "grpc-encoding":
+                encoding = v
+        method = self.hub.methods.get(path)
+        stream = Stream(sid, headers, method, self.peer_initial_window, encoding)
+        self.streams[sid] = stream
+        if not content_type.startswith("application/grpc"):
+            stream.headers_sent = True  # not gRPC at all: HTTP 415, as the gRPC spec says
+            self._write(h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, sid, b"\x08\x03415"))
+            self._local_end(stream)
+        elif method is None:
+            self.finish(stream, grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {path}")
+        elif encoding not in ("identity", "gzip", "deflate"):
+            self.finish(
+                stream, grpc.StatusCode.UNIMPLEMENTED, f"unsupported grpc-encoding '{encoding}'"
+            )
+        else:
+            if timeout:
+                self._deadline(stream, timeout)
+            if method.kind is Kind.BIDI:
+                stream.inbox = asyncio.Queue()
+                self._start(stream, self._run_bidi(stream, method))
+        if ended:
+            self._remote_end(stream)
+
+    def _deadline(self, stream: Stream, value: str) -> None:
+        try:
+            seconds = int(value[:-1]) * _TIMEOUT_UNITS[value[-1]]
+        except (ValueError, KeyError):
+            return  # malformed: no deadline rather than a failed call
+        stream.timer = self.loop.call_later(seconds, self._expire, stream)
+
+    def _expire(self, stream: Stream) -> None:
+        stream.timer = None
+        stream.timed_out = True
+        if stream.task is not None:
+            stream.task.cancel()
+        else:
+            self.finish(stream, grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+
+    def _remote_end(self, stream: Stream) -> None:
+        stream.remote_closed = True
+        if stream.local_closed:
+            self.streams.pop(stream.id, None)
+            return
+        method = stream.method
+        if stream.inbox is not None:
+            if stream.partial:
+                stream.inbox.put_nowait(ValueError("the request stream ended inside a message"))
+            stream.inbox.put_nowait(_END)
+        elif method is not None:
+            self._start(stream, self._run_single(stream, method))
+
+    def _feed(self, stream: Stream, body: memoryview) -> None:
+        """Split a streaming request's bytes into messages as they become whole."""
+        buf = stream.partial
+        buf += body
+        assert stream.inbox is not None
+        while len(buf) >= 5:
+            flag, length = MESSAGE_PREFIX.unpack_from(buf)
+            if len(buf) < 5 + length:
+                break
+            message = bytes(buf[5 : 5 + length])
+            del buf[: 5 + length]
+            stream.inbox.put_nowait(self._inflate(stream, flag, message))
+
+    @staticmethod
+    def _inflate(stream: Stream, flag: int, message: bytes | memoryview) -> Any:
+        if not flag:
+            return message
+        try:
+            if stream.encoding == "gzip":
+                return zlib.decompress(message, 16 + zlib.MAX_WBITS)
+            if stream.encoding == "deflate":
+                return zlib.decompress(message)
+        except zlib.error as e:
+            return ValueError(f"could not decompress the request message: {e}")
+        return ValueError("compressed message without a grpc-encoding")
+
+    # ------------------------------------------------------------------ running handlers
+
+    def _start(self, stream: Stream, coro: Any) -> None:
+        self.hub.rpc_started()
+        stream.task = self.loop.create_task(coro)
+        stream.task.add_done_callback(lambda _: self.hub.rpc_ended())
+
+    def _single_message(self, stream: Stream) -> Any:
+        chunks = stream.chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        stream.chunks = []
+        if len(body) < 5:
+            return ValueError("the request has no message")
+        flag, length = MESSAGE_PREFIX.unpack_from(body)
+        if len(body) != 5 + length:
+            return ValueError("the request is not exactly one message")
+        return self._inflate(stream, flag, memoryview(body)[5:])
+
+    async def _run_single(self, stream: Stream, method: Method) -> None:
+        context = Context(self, stream)
+        try:
+            raw = self._single_message(stream)
+            if isinstance(raw, Exception):
+                raise raw
+            request = method.request_type.FromString(raw)
+            response = await method.handler(request, context)
+            if method.kind is Kind.UNARY:
+                self.send_message(stream, response.SerializeToString())
+            self.finish(stream, grpc.StatusCode.OK, "")
+        except BaseException as e:
+            self._failed(stream, e)
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+
+    async def _run_bidi(self, stream: Stream, method: Method) -> None:
+        context = Context(self, stream)
+        try:
+            await method.handler(self._requests(stream, method.request_type), context)
+            self.finish(stream, grpc.StatusCode.OK, "")
+        except BaseException as e:
+            self._failed(stream, e)
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+
+    @staticmethod
+    async def _requests(stream: Stream, request_type: Any) -> AsyncIterator[Any]:
+        assert stream.inbox is not None
+        while True:
+            item = await stream.inbox.get()
+            if item is _END:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield request_type.FromString(item)
+
+    def _failed(self, stream: Stream, exc: BaseException) -> None:
+        if isinstance(exc, AbortError):
+            self.finish(stream, exc.code, exc.details)
+        elif isinstance(exc, asyncio.CancelledError):
+            if stream.timed_out:
+                self.finish(stream, grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+            else:
+                self.finish(stream, grpc.StatusCode.CANCELLED, "the call was cancelled")
+        else:
+            if not isinstance(exc, (ValueError, DecodeError)):  # not a malformed request
+                log.error("unexpected error in a gRPC handler", exc_info=exc)
+            self.finish(stream, grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+    # ------------------------------------------------------------------ writing
+
+    def _write(self, data: bytes | memoryview) -> None:
+        self.out.append(data)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        out, self.out = self.out, []
+        if self.transport is not None and out:
+            self.transport.write(b"".join(out))
+
+    def send_message(self, stream: Stream, message: bytes) -> None:
+        if stream.local_closed or self.dead:
+            return
+        if not stream.headers_sent:
+            stream.headers_sent = True
+            self._write(h2.frame(h2.HEADERS, h2.END_HEADERS, stream.id, h2.RESPONSE_HEADERS))
+        self._send(stream, False, MESSAGE_PREFIX.pack(0, len(message)) + message)
+
+    def finish(self, stream: Stream, code: grpc.StatusCode, message: str) -> None:
+        """End the stream with its status: trailers after the data, or trailers only."""
+        if stream.local_closed:
+            return
+        if stream.timer is not None:
+            stream.timer.cancel()
+            stream.timer = None
+        status = code.value[0]
+        block = h2.TRAILERS_OK if status == 0 else h2.status_block(status, message)
+        if not stream.headers_sent:
+            stream.headers_sent = True
+            block = h2.RESPONSE_HEADERS + block
+        self._send(stream, True, block)
+        if not stream.remote_closed and stream.inbox is None:
+            # Answered before the request ended (refused, unknown method): stop its upload.
+            self._write(h2.rst_stream(stream.id, h2.NO_ERROR))
+            stream.remote_closed = True
+        self._local_end(stream)
+
+    def _send(self, stream: Stream, trailers: bool, data: bytes | memoryview) -> None:
+        if stream.pending:
+            stream.pending.append((trailers, data))
+            return
+        if trailers:
+            self._write(h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, stream.id, data))
+            return
+        rest = self._send_data(stream, data)
+        if rest is not None:
+            stream.pending.append((False, rest))
+            self.blocked[stream.id] = stream
+
+    def _send_data(self, stream: Stream, data: bytes | memoryview) -> memoryview | None:
+        """Send as much as both windows allow; return what is left."""
+        view = memoryview(data)
+        while view:
+            n = min(len(view), self.send_window, stream.send_window, self.peer_max_frame)
+            if n <= 0:
+                return view
+            self._write(h2.FRAME_HEADER.pack(n << 8 | h2.DATA, 0, stream.id))
+            self._write(view[:n])
+            view = view[n:]
+            self.send_window -= n
+            stream.send_window -= n
+        return None
+
+    def _unblock(self) -> None:
+        for sid, stream in list(self.blocked.items()):
+            while stream.pending:
+                trailers, data = stream.pending[0]
+                if trailers:
+                    stream.pending.popleft()
+                    self._write(h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, sid, data))
+                    continue
+                rest = self._send_data(stream, data)
+                if rest is not None:
+                    stream.pending[0] = (False, rest)
+                    break
+                stream.pending.popleft()
+            if not stream.pending:
+                del self.blocked[sid]
+                if stream.local_closed and stream.remote_closed:
+                    self.streams.pop(sid, None)
+            if self.send_window <= 0:
+                return
+
+    def _settings(self, payload: memoryview) -> None:
+        if len(payload) % 6:
+            raise ConnectionError_(h2.FRAME_SIZE_ERROR, "SETTINGS length not a multiple of 6")
+        for i in range(0, len(payload), 6):
+            key, value = struct.unpack_from(">HI", payload, i)
+            if key == h2.SETTINGS_INITIAL_WINDOW_SIZE:
+                if value > h2.MAX_WINDOW:
+                    raise ConnectionError_(h2.FLOW_CONTROL_ERROR, "initial window too large")
+                delta = value - self.peer_initial_window
+                self.peer_initial_window = value
+                for stream in self.streams.values():
+                    stream.send_window += delta
+            elif key == h2.SETTINGS_MAX_FRAME_SIZE:
+                if not h2.DEFAULT_MAX_FRAME <= value < 1 << 24:
+                    raise ConnectionError_(h2.PROTOCOL_ERROR, "bad SETTINGS_MAX_FRAME_SIZE")
+                self.peer_max_frame = value
+        self._write(h2.frame(h2.SETTINGS, h2.ACK, 0))
+        self._unblock()
+
+    def _window_update(self, sid: int, payload: memoryview) -> None:
+        if len(payload) != 4:
+            raise ConnectionError_(h2.FRAME_SIZE_ERROR, "WINDOW_UPDATE length")
+        increment = int.from_bytes(payload) & 0x7FFFFFFF
+        if sid == 0:
+            self.send_window += increment
+            if self.send_window > h2.MAX_WINDOW:
+                raise ConnectionError_(h2.FLOW_CONTROL_ERROR, "connection window overflow")
+        else:
+            stream = self.streams.get(sid)
+            if stream is None:
+                return
+            stream.send_window += increment
+        self._unblock()
+
+    # ------------------------------------------------------------------ ending
+
+    def _local_end(self, stream: Stream) -> None:
+        stream.local_closed = True
+        if stream.remote_closed and not stream.pending:
+            self.streams.pop(stream.id, None)
+        if self.refusing and not self.streams:
+            self._close_now()
+
+    def _drop(self, stream: Stream) -> None:
+        """The client reset the stream (or went away): stop its work, send nothing more."""
+        stream.local_closed = stream.remote_closed = True
+        self.blocked.pop(stream.id, None)
+        if stream.timer is not None:
+            stream.timer.cancel()
+        if stream.task is not None and not stream.task.done():
+            stream.task.cancel()
+
+    def closing_when_idle(self) -> None:
+        """No new streams (they are refused); close once the open ones have ended."""
+        if not self.refusing:
+            self.refusing = True
+            self._write(h2.goaway(self.last_stream_id, h2.NO_ERROR))
+        if not self.streams:
+            self._close_now()
+
+    def close(self, code: int, message: str) -> None:
+        """A connection error: GOAWAY naming it, and close."""
+        log.info("closing a gRPC connection: %s", message)
+        self._write(h2.goaway(self.last_stream_id, code, message.encode()[:256]))
+        self.refusing = True
+        self._close_now()
+        self.dead = True
+
+    def _close_now(self) -> None:
+        self._flush()
+        if self.transport is not None:
+            self.transport.close()
