@@ -7,8 +7,11 @@ in-process p50 at batch 1). The server runs as `torchtide serve` in its own proc
 comes from `torchtide bench` (one asyncio process) on the same cores.
 
     python -m benchmarks.suite [--workloads w1,w2,w3] [--seconds 5] [--protocols http,grpc]
+                               [--repeat 3]
 
-Prints a markdown table (and writes bench-results/suite.json).
+Prints a markdown table (and writes bench-results/suite.json). With --repeat N each round takes
+its own in-process limits and restarts the server; the table shows the medians of the rounds
+and the range of the fraction of the limit.
 """
 
 from __future__ import annotations
@@ -294,6 +297,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=5.0, help="measured seconds per step")
     p.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per step")
     p.add_argument("--limit-seconds", type=float, default=3.0, help="per in-process batch size")
+    p.add_argument("--repeat", type=int, default=1, help="rounds; the table shows medians")
     p.add_argument("--out", type=Path, default=ROOT / "bench-results" / "suite.json")
     args = p.parse_args()
     chosen = [w.strip() for w in args.workloads.split(",")]
@@ -304,14 +308,36 @@ def main() -> None:
         check=True,
         stdout=subprocess.DEVNULL,
     )
+    text = Path(tempfile.mkstemp(suffix=".txt")[1])
+    text.write_text("\n".join(sentences()) + "\n")
+    rounds: list[tuple[dict[str, Limit], list[dict[str, Any]]]] = []
+    for i in range(args.repeat):
+        tag = f"[suite] round {i + 1}/{args.repeat}:"
+        rounds.append(one_round(chosen, protocols, args, text, tag))
+    print_tables(rounds, args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            [
+                {"limits": {k: asdict(v) for k, v in limits.items()}, "rows": rows}
+                for limits, rows in rounds
+            ],
+            indent=2,
+            default=str,
+        )
+    )
+
+
+def one_round(
+    chosen: list[str], protocols: list[str], args: argparse.Namespace, text: Path, tag: str
+) -> tuple[dict[str, Limit], list[dict[str, Any]]]:
+    """The in-process limits, then every served step; each row carries its fraction of the
+    limit taken in this same round."""
     limits: dict[str, Limit] = {}
     for w in chosen:
         name, batches, _ = WORKLOADS[w]
-        print(f"[suite] in-process limit of {name} ...", file=sys.stderr, flush=True)
+        print(f"{tag} in-process limit of {name} ...", file=sys.stderr, flush=True)
         limits[w] = limit_of(name, batches, args.limit_seconds)
-
-    text = Path(tempfile.mkstemp(suffix=".txt")[1])
-    text.write_text("\n".join(sentences()) + "\n")
     ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
     server = start_server(ports["http"], ports["grpc"], ports["metrics"])
     rows: list[dict[str, Any]] = []
@@ -320,7 +346,7 @@ def main() -> None:
             name, _, concs = WORKLOADS[w]
             for proto in protocols:
                 for c in concs:
-                    print(f"[suite] {name} {proto} c={c} ...", file=sys.stderr, flush=True)
+                    print(f"{tag} {name} {proto} c={c} ...", file=sys.stderr, flush=True)
                     step = bench(
                         name,
                         ports[proto],
@@ -330,53 +356,69 @@ def main() -> None:
                         args.warmup,
                         text if name == "minilm" else None,
                     )
+                    lim = limits[w].best_rate
                     rows.append(
-                        {"workload": w, "model": name, "protocol": proto, "concurrency": c, **step}
+                        {
+                            "workload": w,
+                            "model": name,
+                            "protocol": proto,
+                            "concurrency": c,
+                            "of_limit": step["throughput"] / lim if lim else float("nan"),
+                            **step,
+                        }
                     )
     finally:
         server.terminate()
         server.wait(60)
+    return limits, rows
 
+
+def print_tables(
+    rounds: list[tuple[dict[str, Limit], list[dict[str, Any]]]], args: argparse.Namespace
+) -> None:
+    """Medians over the rounds; `of limit` is the median of each round's own ratio, with the
+    rounds' range beside it when there are several."""
+    n = len(rounds)
     print(
-        f"\nLoad generator: torchtide bench (one asyncio process, same 2 cores as the server); "
-        f"{args.seconds:g} s per step after {args.warmup:g} s warm-up.\n"
+        f"\nLoad generator: torchtide bench (one asyncio process, same cores as the server); "
+        f"{args.seconds:g} s per step after {args.warmup:g} s warm-up; "
+        f"{'median of ' + str(n) + ' rounds' if n > 1 else 'one round'}.\n"
     )
     print(
-        "| workload | in-process limit | protocol | conc. | infer/s | of limit | p50 ms | p99 ms "
-        "| p99/p50 | mean batch | errors |"
+        "| workload | in-process limit | protocol | conc. | infer/s | of limit | range | p50 ms "
+        "| p99 ms | p99/p50 | mean batch | errors |"
     )
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        lim = limits[r["workload"]]
-        frac = r["throughput"] / lim.best_rate if lim.best_rate else float("nan")
-        p50, p99 = r.get("p50_ms") or 0.0, r.get("p99_ms") or 0.0
+    print("|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|")
+    med = statistics.median
+    for j, r in enumerate(rounds[0][1]):
+        same = [rows[j] for _, rows in rounds]
+        limit_rates = [limits[r["workload"]].best_rate for limits, _ in rounds]
+        best_batch = rounds[0][0][r["workload"]].best_batch
+        fracs = [x["of_limit"] for x in same]
+        p50 = med([x.get("p50_ms") or 0.0 for x in same])
+        p99 = med([x.get("p99_ms") or 0.0 for x in same])
+        tails = med([(x.get("p99_ms") or 0.0) / (x.get("p50_ms") or 1.0) for x in same])
+        batch = med([x.get("server_batch_size") or float("nan") for x in same])
+        spread = f"{min(fracs):.2f}-{max(fracs):.2f}" if n > 1 else ""
         print(
             f"| {r['workload'].upper()} {r['model']} "
-            f"| {lim.best_rate:,.0f}/s (batch {lim.best_batch}"
-            f"{', 2x1 threads' if lim.per_batch.get(-lim.best_batch) == lim.best_rate else ''}) "
-            f"| {r['protocol']} | {r['concurrency']} | {r['throughput']:,.1f} | {frac:.2f} | "
-            f"{p50:.2f} | {p99:.2f} | {p99 / p50 if p50 else float('nan'):.2f} | "
-            f"{r.get('server_batch_size') or float('nan'):.1f} | {r['errors']} |"
+            f"| {med(limit_rates):,.0f}/s (batch {best_batch}) "
+            f"| {r['protocol']} | {r['concurrency']} | {med([x['throughput'] for x in same]):,.1f} "
+            f"| {med(fracs):.2f} | {spread} | {p50:.2f} | {p99:.2f} | {tails:.2f} "
+            f"| {batch:.1f} | {sum(x['errors'] for x in same)} |"
         )
     print(
         "\n| workload | in-process p50 at batch 1 | protocol | served p50 at conc. 1 | overhead |"
     )
     print("|---|---:|---|---:|---:|")
-    for r in rows:
+    for j, r in enumerate(rounds[0][1]):
         if r["concurrency"] == 1:
-            lim = limits[r["workload"]]
+            inproc = med([limits[r["workload"]].p50_batch1_ms for limits, _ in rounds])
+            served = med([rows[j]["p50_ms"] for _, rows in rounds])
             print(
-                f"| {r['model']} | {lim.p50_batch1_ms:.3f} ms | {r['protocol']} | "
-                f"{r['p50_ms']:.3f} ms | {r['p50_ms'] - lim.p50_batch1_ms:.3f} ms |"
+                f"| {r['model']} | {inproc:.3f} ms | {r['protocol']} | "
+                f"{served:.3f} ms | {served - inproc:.3f} ms |"
             )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {"limits": {k: asdict(v) for k, v in limits.items()}, "rows": rows},
-            indent=2,
-            default=str,
-        )
-    )
 
 
 if __name__ == "__main__":

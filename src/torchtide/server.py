@@ -15,6 +15,7 @@ from torchtide import __version__
 from torchtide import config as cfgmod
 from torchtide.backends.base import LoadContext
 from torchtide.config import ConfigError, ModelConfig
+from torchtide.cuda_ipc import load_cuda_runtime
 from torchtide.errors import ServerError, Status, invalid_arg, not_found, unavailable
 from torchtide.instances import InstanceRunner, instance_infos
 from torchtide.logsettings import LogSettings
@@ -95,7 +96,8 @@ class InferenceServer:
         self._stopping = False
         self._startup_done = False
         self._poll_task: asyncio.Task[None] | None = None
-        self.shm = SharedMemoryRegistry()  # client-registered system shared memory
+        # Client-registered shared memory; CUDA regions only when torch sees a GPU.
+        self.shm = SharedMemoryRegistry(load_cuda_runtime() if self.gpu_count > 0 else None)
         self.log_settings = LogSettings()
 
     # ------------------------------------------------------------------ lifecycle
@@ -186,7 +188,10 @@ class InferenceServer:
         return True
 
     def metadata(self) -> dict[str, Any]:
-        return {"name": "torchtide", "version": __version__, "extensions": list(EXTENSIONS)}
+        extensions = list(EXTENSIONS)
+        if self.shm.cuda is not None:
+            extensions.insert(extensions.index("system_shared_memory") + 1, "cuda_shared_memory")
+        return {"name": "torchtide", "version": __version__, "extensions": extensions}
 
     def resolve(self, name: str, version: str = "") -> ServedVersion:
         record = self.models.get(name)

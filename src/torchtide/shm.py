@@ -1,7 +1,11 @@
-"""System shared-memory regions registered by clients (Triton's shared-memory extension).
+"""Shared-memory regions registered by clients (Triton's system and CUDA shared-memory
+extensions).
 
-Lives in the core so HTTP and gRPC share one registry. Regions are POSIX shm objects
-(/dev/shm/<key>) mapped with mmap; inputs are read as numpy views without a copy.
+Lives in the core so HTTP and gRPC share one registry. System regions are POSIX shm objects
+(/dev/shm/<key>) mapped with mmap; inputs are read as numpy views without a copy. CUDA regions
+are device memory opened from the client's IPC handle (cuda_ipc.py), present only when the
+server has a GPU; inputs are copied to the host, outputs back to the device. A request names a
+region without saying its kind, so one lookup serves both.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from torchtide.errors import ServerError, Status, invalid_arg, not_found
+from torchtide.cuda_ipc import CudaError, CudaRuntime
+from torchtide.errors import ServerError, Status, invalid_arg, not_found, unsupported
 
 SHM_DIR = "/dev/shm"
 
@@ -36,15 +41,31 @@ class Region:
         }
 
 
-class SharedMemoryRegistry:
-    def __init__(self) -> None:
-        self.regions: dict[str, Region] = {}
+@dataclass(slots=True)
+class CudaRegion:
+    name: str
+    device_id: int
+    byte_size: int
+    ptr: int
 
-    def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
-        if name in self.regions:
+    def status(self) -> dict[str, Any]:
+        return {"name": self.name, "device_id": self.device_id, "byte_size": self.byte_size}
+
+
+class SharedMemoryRegistry:
+    def __init__(self, cuda: CudaRuntime | None = None) -> None:
+        self.regions: dict[str, Region] = {}
+        self.cuda = cuda  # None: no GPU, CUDA regions are refused
+        self.cuda_regions: dict[str, CudaRegion] = {}
+
+    def _check_new(self, name: str) -> None:
+        if name in self.regions or name in self.cuda_regions:
             raise ServerError(
                 Status.ALREADY_EXISTS, f"shared memory region '{name}' already in manager"
             )
+
+    def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        self._check_new(name)
         if offset < 0 or byte_size <= 0:
             raise invalid_arg(f"failed to register shared memory region '{name}': invalid args")
         path = os.path.join(SHM_DIR, key.lstrip("/"))
@@ -81,17 +102,62 @@ class SharedMemoryRegistry:
             return [region.status()]
         return [r.status() for r in self.regions.values()]
 
-    def _span(self, name: str, offset: int, byte_size: int) -> tuple[Region, int]:
-        region = self.regions.get(name)
+    # ------------------------------------------------------------------ CUDA regions
+
+    def register_cuda(self, name: str, raw_handle: bytes, device_id: int, byte_size: int) -> None:
+        if self.cuda is None:
+            raise unsupported(
+                f"failed to register CUDA shared memory region '{name}': CUDA shared memory "
+                "is not supported (this server has no GPU); use system shared memory instead"
+            )
+        self._check_new(name)
+        if device_id < 0 or byte_size <= 0:
+            raise invalid_arg(
+                f"failed to register CUDA shared memory region '{name}': invalid args"
+            )
+        try:
+            ptr = self.cuda.open(raw_handle, device_id)
+        except CudaError as e:
+            raise invalid_arg(
+                f"failed to register CUDA shared memory region '{name}': {e}"
+            ) from None
+        self.cuda_regions[name] = CudaRegion(name, device_id, byte_size, ptr)
+
+    def unregister_cuda(self, name: str = "") -> None:
+        """Unregister one region, or all when name is empty; unknown names are not an error."""
+        for n in [name] if name else list(self.cuda_regions):
+            region = self.cuda_regions.pop(n, None)
+            if region is not None and self.cuda is not None:
+                with contextlib.suppress(CudaError):
+                    self.cuda.close(region.ptr)
+
+    def cuda_status(self, name: str = "") -> list[dict[str, Any]]:
+        if name:
+            region = self.cuda_regions.get(name)
+            if region is None:
+                raise not_found(f"Unable to find cuda shared memory region: '{name}'")
+            return [region.status()]
+        return [r.status() for r in self.cuda_regions.values()]
+
+    # ------------------------------------------------------------------ tensors in regions
+
+    def _span(self, name: str, offset: int, byte_size: int) -> tuple[Region | CudaRegion, int]:
+        region: Region | CudaRegion | None = self.regions.get(name) or self.cuda_regions.get(name)
         if region is None:
             raise not_found(f"Unable to find shared memory region: '{name}'")
         if offset < 0 or byte_size < 0 or offset + byte_size > region.byte_size:
             raise invalid_arg(f"Invalid offset + byte size for shared memory region: '{name}'")
-        return region, region.offset + offset
+        base = region.offset if isinstance(region, Region) else 0
+        return region, base + offset
 
     def view(self, name: str, offset: int, byte_size: int) -> memoryview:
-        """The bytes of an input placed in shared memory, without copying."""
+        """The bytes of an input placed in shared memory: a view of a system region (no copy),
+        a host copy of a CUDA region's bytes."""
         region, start = self._span(name, offset, byte_size)
+        if isinstance(region, CudaRegion):
+            cuda = self.cuda
+            assert cuda is not None
+            return memoryview(self._cuda_call(lambda: cuda.to_host(region.ptr + start, byte_size)))
         return memoryview(region.mm)[start : start + byte_size]
 
     def write(
@@ -105,10 +171,23 @@ class SharedMemoryRegistry:
                 f"shared memory size specified with the request for output '{output}' "
                 f"({byte_size} bytes) should be at least {n} bytes to hold the results",
             )
-        region.mm[start : start + n] = data
+        if isinstance(region, CudaRegion):
+            cuda = self.cuda
+            assert cuda is not None
+            self._cuda_call(lambda: cuda.to_device(region.ptr + start, data))
+        else:
+            region.mm[start : start + n] = data
+
+    @staticmethod
+    def _cuda_call(fn: Any) -> Any:
+        try:
+            return fn()
+        except CudaError as e:
+            raise ServerError(Status.INTERNAL, f"CUDA shared memory: {e}") from None
 
     def close(self) -> None:
         self.unregister()
+        self.unregister_cuda()
 
 
 def array_bytes(arr: np.ndarray[Any, Any]) -> memoryview:

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import grpc
 from tritonclient.grpc import service_pb2 as pb
 
-from torchtide.errors import ServerError, invalid_arg, not_found, unavailable, unsupported
+from torchtide.errors import ServerError, invalid_arg, unavailable, unsupported
 from torchtide.frontends.grpc.connection import AbortError
 from torchtide.frontends.grpc.convert import (
     decode_request,
@@ -33,10 +33,6 @@ SHUTTING_DOWN = "server is shutting down; not accepting new requests"
 TRACE_UNSUPPORTED = (
     "trace settings are not supported: torchtide does not implement Triton's trace extension "
     "(it is not listed in ServerMetadata extensions)"
-)
-CUDA_UNSUPPORTED = (
-    "CUDA shared memory is not supported by torchtide; use system shared memory "
-    "(--allow-client-shm) or send tensors in the request"
 )
 
 _F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])
@@ -277,17 +273,26 @@ class InferenceService:
 
     @rpc()
     async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
-        if request.name:  # nothing can ever be registered
-            raise not_found(f"Unable to find cuda shared memory region: '{request.name}'")
-        return pb.CudaSharedMemoryStatusResponse()
+        resp = pb.CudaSharedMemoryStatusResponse()
+        for r in self.server.shm.cuda_status(request.name):
+            resp.regions[r["name"]].CopyFrom(pb.CudaSharedMemoryStatusResponse.RegionStatus(**r))
+        return resp
 
     @rpc()
     async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
-        raise unsupported(CUDA_UNSUPPORTED)
+        if self.shm is None:
+            raise shm_refused()
+        self.shm.register_cuda(
+            request.name, request.raw_handle, request.device_id, request.byte_size
+        )
+        return pb.CudaSharedMemoryRegisterResponse()
 
     @rpc()
     async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
-        return pb.CudaSharedMemoryUnregisterResponse()  # unknown names are not an error (Triton)
+        if self.shm is None:
+            raise shm_refused()
+        self.shm.unregister_cuda(request.name)  # unknown names are not an error (Triton)
+        return pb.CudaSharedMemoryUnregisterResponse()
 
     # ------------------------------------------------------------------ trace and logging
 

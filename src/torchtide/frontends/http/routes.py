@@ -19,10 +19,10 @@ from urllib.parse import unquote
 import orjson
 
 from torchtide.config import to_json_dict
-from torchtide.errors import ServerError, Status, unsupported
+from torchtide.errors import ServerError, unsupported
 from torchtide.frontends.http.decode import ShmAccess, decode_raw_request, decode_request
 from torchtide.frontends.http.encode import encode_response
-from torchtide.frontends.http.errors import CLIENT_SHM_DISABLED, bad_request, http_status
+from torchtide.frontends.http.errors import bad_request, http_status
 from torchtide.frontends.http.protocol import Request, Response
 from torchtide.server import InferenceServer
 
@@ -301,24 +301,31 @@ class Api:
         return Response(200)
 
     def cuda_status(self, req: Request, region: str) -> Response:
-        if region:
-            raise ServerError(
-                Status.NOT_FOUND, f"Unable to find cuda shared memory region: '{region}'"
-            )
-        return Response(200, b"[]")
+        return Response(200, orjson.dumps(self.server.shm.cuda_status(region)))
 
     def cuda_register(self, req: Request, region: str) -> Response:
-        if not self.allow_client_shm:
-            raise unsupported(CLIENT_SHM_DISABLED)
-        why = (
-            "this server has no GPU" if self.server.gpu_count == 0 else "it is not implemented yet"
-        )
-        raise unsupported(
-            f"failed to register CUDA shared memory region '{region}': CUDA shared memory is not "
-            f"supported ({why}); use system shared memory instead"
-        )
+        registry = self.shm.check()
+        if not region:
+            raise bad_request("missing region name in the register request path")
+        doc = self._json(req, "CUDA shared memory register request")
+        handle = doc.get("raw_handle")
+        b64 = handle.get("b64") if isinstance(handle, dict) else None
+        if not isinstance(b64, str):
+            raise bad_request('the register request needs "raw_handle": {"b64": "<base64>"}')
+        try:
+            raw = base64.b64decode(b64, validate=True)
+        except binascii.Error:
+            raise bad_request("'raw_handle' is not valid base64") from None
+        device_id, size = doc.get("device_id", 0), doc.get("byte_size")
+        for field_name, v in (("device_id", device_id), ("byte_size", size)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise bad_request(
+                    f"the register request needs a non-negative integer '{field_name}'"
+                )
+        assert isinstance(device_id, int) and isinstance(size, int)
+        registry.register_cuda(region, raw, device_id, size)
+        return Response(200)
 
     def cuda_unregister(self, req: Request, region: str) -> Response:
-        if not self.allow_client_shm:
-            raise unsupported(CLIENT_SHM_DISABLED)
-        return Response(200)  # nothing can be registered; unknown names are not an error
+        self.shm.check().unregister_cuda(region)  # unknown names are not an error (Triton)
+        return Response(200)
