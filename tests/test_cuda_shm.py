@@ -139,9 +139,17 @@ def _regions(cudart: FakeCudart) -> tuple[bytes, Any, bytes, Any]:
     return h_in, b_in, h_out, b_out
 
 
-def _outputs(b_out: Any) -> tuple[np.ndarray, np.ndarray]:
+def _infer_through_regions(module: Any, client: Any, b_out: Any) -> None:
+    """add_sub with both inputs in region "in" and both outputs in region "out"."""
+    inputs = [module.InferInput(f"INPUT{i}", [1, 16], "INT32") for i in range(2)]
+    outputs = [module.InferRequestedOutput(f"OUTPUT{i}") for i in range(2)]
+    for i in range(2):
+        inputs[i].set_shared_memory("in", 64, offset=64 * i)
+        outputs[i].set_shared_memory("out", 64, offset=64 * i)
+    client.infer("add_sub", inputs, outputs=outputs)
     raw = np.frombuffer(b_out.raw, np.int32).reshape(2, 1, 16)
-    return raw[0], raw[1]
+    np.testing.assert_array_equal(raw[0], A + B)
+    np.testing.assert_array_equal(raw[1], A - B)
 
 
 def test_http_inputs_and_outputs_in_cuda_regions(gpu_app: tuple[AppThread, FakeCudart]) -> None:
@@ -154,18 +162,7 @@ def test_http_inputs_and_outputs_in_cuda_regions(gpu_app: tuple[AppThread, FakeC
     try:
         status = {r["name"]: r for r in c.get_cuda_shared_memory_status()}
         assert status["in"] == {"name": "in", "device_id": 0, "byte_size": 128}
-        inputs = [httpclient.InferInput("INPUT0", [1, 16], "INT32"),
-                  httpclient.InferInput("INPUT1", [1, 16], "INT32")]
-        inputs[0].set_shared_memory("in", 64)
-        inputs[1].set_shared_memory("in", 64, offset=64)
-        outputs = [httpclient.InferRequestedOutput("OUTPUT0"),
-                   httpclient.InferRequestedOutput("OUTPUT1")]
-        outputs[0].set_shared_memory("out", 64)
-        outputs[1].set_shared_memory("out", 64, offset=64)
-        c.infer("add_sub", inputs, outputs=outputs)
-        total, diff = _outputs(b_out)
-        np.testing.assert_array_equal(total, A + B)
-        np.testing.assert_array_equal(diff, A - B)
+        _infer_through_regions(httpclient, c, b_out)
         with pytest.raises(InferenceServerException, match="cudaIpcOpenMemHandle failed"):
             c.register_cuda_shared_memory("bad", base64.b64encode(os.urandom(64)).decode(), 0, 8)
     finally:
@@ -182,18 +179,7 @@ def test_grpc_inputs_and_outputs_in_cuda_regions(gpu_app: tuple[AppThread, FakeC
     try:
         status = c.get_cuda_shared_memory_status().regions
         assert status["out"].byte_size == 128 and status["out"].device_id == 0
-        inputs = [grpcclient.InferInput("INPUT0", [1, 16], "INT32"),
-                  grpcclient.InferInput("INPUT1", [1, 16], "INT32")]
-        inputs[0].set_shared_memory("in", 64)
-        inputs[1].set_shared_memory("in", 64, offset=64)
-        outputs = [grpcclient.InferRequestedOutput("OUTPUT0"),
-                   grpcclient.InferRequestedOutput("OUTPUT1")]
-        outputs[0].set_shared_memory("out", 64)
-        outputs[1].set_shared_memory("out", 64, offset=64)
-        c.infer("add_sub", inputs, outputs=outputs)
-        total, diff = _outputs(b_out)
-        np.testing.assert_array_equal(total, A + B)
-        np.testing.assert_array_equal(diff, A - B)
+        _infer_through_regions(grpcclient, c, b_out)
     finally:
         c.unregister_cuda_shared_memory()
         c.close()
