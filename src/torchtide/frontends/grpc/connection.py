@@ -169,6 +169,15 @@ class GrpcConnection(asyncio.Protocol):
         self.streams.clear()
         self.transport = None
 
+    def pause_writing(self) -> None:
+        """The client is not reading its responses: stop reading its requests until it does."""
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.dead:
+            self.transport.resume_reading()
+
     def data_received(self, data: bytes) -> None:
         if self.dead:
             return
