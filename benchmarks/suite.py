@@ -45,6 +45,10 @@ WORKLOADS = {
     "w2": ("resnet18", [1, 2, 4, 8, 16, 32], [1, 8, 32]),
     "w3": ("minilm", [1, 2, 4, 8, 16, 32], [1, 8, 32]),
 }
+# Measured seconds per step. A closed loop at concurrency c with latency L counts completions
+# in a window of T seconds to within about c requests, i.e. +-c/T per second: W2 at
+# concurrency 32 answers in ~0.5 s, so 5 s steps would swing by ~10% on that alone.
+STEP_SECONDS = {"w1": 5.0, "w2": 20.0, "w3": 12.0}
 
 
 @dataclass
@@ -294,7 +298,9 @@ def main() -> None:
     )
     p.add_argument("--workloads", default="w1,w2,w3")
     p.add_argument("--protocols", default="http,grpc")
-    p.add_argument("--seconds", type=float, default=5.0, help="measured seconds per step")
+    p.add_argument(
+        "--seconds", type=float, default=0.0, help="measured seconds per step (0: per workload)"
+    )
     p.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per step")
     p.add_argument("--limit-seconds", type=float, default=3.0, help="per in-process batch size")
     p.add_argument("--repeat", type=int, default=1, help="rounds; the table shows medians")
@@ -344,6 +350,7 @@ def one_round(
     try:
         for w in chosen:
             name, _, concs = WORKLOADS[w]
+            seconds = args.seconds or STEP_SECONDS[w]
             for proto in protocols:
                 for c in concs:
                     print(f"{tag} {name} {proto} c={c} ...", file=sys.stderr, flush=True)
@@ -352,7 +359,7 @@ def one_round(
                         ports[proto],
                         proto,
                         c,
-                        args.seconds,
+                        seconds,
                         args.warmup,
                         text if name == "minilm" else None,
                     )
@@ -381,7 +388,8 @@ def print_tables(
     n = len(rounds)
     print(
         f"\nLoad generator: torchtide bench (one asyncio process, same cores as the server); "
-        f"{args.seconds:g} s per step after {args.warmup:g} s warm-up; "
+        f"{args.seconds or ', '.join(f'{v:g}' for v in STEP_SECONDS.values())} s per step "
+        f"(W1, W2, W3) after {args.warmup:g} s warm-up; "
         f"{'median of ' + str(n) + ' rounds' if n > 1 else 'one round'}.\n"
     )
     print(

@@ -388,3 +388,47 @@ async def test_cpu_layout_default_for_tensor_backends(tmp_path: Path, cores: int
         assert [r.info.name for r in runners] == [f"lin_0_{i}" for i in range(min(2, cores))]
     finally:
         await s.stop()
+
+
+OVERLAP_PY = '''
+import builtins, time
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def initialize(self, args):
+        # Module globals are per instance here; builtins is shared by the whole interpreter.
+        active = getattr(builtins, "_torchtide_test_init_active", 0)
+        builtins._torchtide_test_init_active = active + 1
+        try:
+            if active:
+                raise RuntimeError("another instance was initializing at the same time")
+            time.sleep(0.2)
+        finally:
+            builtins._torchtide_test_init_active -= 1
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse(output_tensors=[
+            pb_utils.Tensor("OUT", pb_utils.get_input_tensor_by_name(r, "IN").as_numpy())])
+            for r in requests]
+'''
+
+
+async def test_python_instances_initialize_one_at_a_time(tmp_path: Path) -> None:
+    """Lazy-import libraries are not thread-safe; two instances of a model (and two models)
+    must not run initialize() at once in the one interpreter they share."""
+    for name in ("a", "b"):
+        write_model(tmp_path, name, """
+            backend: "python"
+            max_batch_size: 4
+            input [{ name: "IN" data_type: TYPE_FP32 dims: [1] }]
+            output [{ name: "OUT" data_type: TYPE_FP32 dims: [1] }]
+            instance_group [{ count: 3 kind: KIND_CPU }]
+            """, {"1/model.py": OVERLAP_PY})
+    s = InferenceServer(ServerOptions([tmp_path], gpu_count=0))
+    await s.start()
+    try:
+        assert [e["state"] for e in s.repository_index()] == ["READY", "READY"]
+        out = await s.infer_numpy("b", {"IN": np.ones((1, 1), np.float32)})
+        np.testing.assert_array_equal(out["OUT"], [[1.0]])
+    finally:
+        await s.stop()

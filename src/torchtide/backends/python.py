@@ -11,6 +11,7 @@ import importlib.util
 import inspect
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 from types import ModuleType
@@ -35,6 +36,11 @@ from torchtide.config import ConfigError, ModelConfig, parameter, to_json_dict
 from torchtide.errors import ServerError, Status, internal
 
 STACKED_BATCH_PARAM = "TORCHTIDE_STACKED_BATCH"
+
+# Python models share one interpreter here (Triton gives each instance its own process), so
+# their imports and initialize() calls take turns: lazy-import libraries are not thread-safe
+# (two minilm instances importing transformers' BertModel at once failed with ImportError).
+_INIT_LOCK = threading.Lock()
 
 _CODE_STATUS = {
     pb_utils.TritonError.UNKNOWN: Status.UNKNOWN,
@@ -104,6 +110,10 @@ class _PythonModel:
     """Owns the TritonPythonModel object and a private event loop for `async def` methods."""
 
     def __init__(self, ctx: LoadContext) -> None:
+        with _INIT_LOCK:
+            self._initialize(ctx)
+
+    def _initialize(self, ctx: LoadContext) -> None:
         module = import_model_module(ctx.model_file, f"{ctx.spec.name}_{ctx.instance.name}")
         self.model = module.TritonPythonModel()
         self.loop: asyncio.AbstractEventLoop | None = None

@@ -349,6 +349,7 @@ class GrpcConnection(asyncio.Protocol):
         if not content_type.startswith("application/grpc"):
             stream.headers_sent = True  # not gRPC at all: HTTP 415, as the gRPC spec says
             self._write(h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, sid, b"\x08\x03415"))
+            self._stop_upload(stream)
             self._local_end(stream)
         elif method is None:
             self.finish(stream, grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {path}")
@@ -383,7 +384,8 @@ class GrpcConnection(asyncio.Protocol):
     def _remote_end(self, stream: Stream) -> None:
         stream.remote_closed = True
         if stream.local_closed:
-            self.streams.pop(stream.id, None)
+            if not stream.pending:  # else it stays until its last bytes are sent
+                self.streams.pop(stream.id, None)
             return
         method = stream.method
         if stream.inbox is not None:
@@ -522,11 +524,17 @@ class GrpcConnection(asyncio.Protocol):
             stream.headers_sent = True
             block = h2.RESPONSE_HEADERS + block
         self._send(stream, True, block)
-        if not stream.remote_closed and stream.inbox is None:
-            # Answered before the request ended (refused, unknown method): stop its upload.
+        if stream.inbox is None:
+            self._stop_upload(stream)
+        self._local_end(stream)
+
+    def _stop_upload(self, stream: Stream) -> None:
+        """Answered before the request ended (refused, unknown method, deadline): tell the
+        client to stop sending, and drop whatever of it still arrives."""
+        if not stream.remote_closed:
             self._write(h2.rst_stream(stream.id, h2.NO_ERROR))
             stream.remote_closed = True
-        self._local_end(stream)
+            stream.chunks = []
 
     def _send(self, stream: Stream, trailers: bool, data: bytes | memoryview) -> None:
         if stream.pending:
