@@ -9,7 +9,10 @@ import importlib.util
 import json
 import math
 import os
+import socket
 import struct
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -329,14 +332,17 @@ def test_open_loop_issues_about_the_asked_rate(stub: StubServer, tmp_path: Path)
     assert 100 < step["throughput"] < 400
 
 
-def test_grpc_sweep_with_statistics(stub: StubServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("client", "batch"), [("native", 4), ("grpcio", 4)])
+def test_grpc_sweep_with_statistics(stub: StubServer, tmp_path: Path, client: str, batch: int) -> None:
+    """Both gRPC clients against grpcio's own server."""
     rc = cmd_bench(["add_sub", "-i", "grpc", "-u", f"127.0.0.1:{stub.grpc_port}", "--concurrency", "1,2",
-                    "-b", "4", "--json", str(tmp_path / "r.json"), *FAST])
+                    "-b", str(batch), "--grpc-client", client, "--json", str(tmp_path / "r.json"),
+                    *FAST])
     assert rc == 0
     doc = orjson.loads((tmp_path / "r.json").read_bytes())
-    assert doc["tensor_format"] == "raw" and doc["batch_size"] == 4
+    assert doc["tensor_format"] == "raw" and doc["batch_size"] == batch
     for s in doc["steps"]:
-        assert s["throughput"] > 0 and s["server_batch_size"] == 4.0
+        assert s["throughput"] > 0 and s["errors"] == 0 and s["server_batch_size"] == batch
         assert s["server_compute_input_us"] == 2.0
     assert stub.core.seen_formats == {"grpc"}
 
@@ -435,3 +441,59 @@ def test_against_the_served_app(tmp_path: Path) -> None:
     finally:
         app.stop()
     assert not math.isnan(steps[0]["p50_ms"])
+
+
+def _window_server(sock: socket.socket, got: list[tuple[int, bool]]) -> None:
+    """A scripted HTTP/2 server on a plain socket granting a 100-byte stream window; it records
+    each DATA frame (length, whether it came after its WINDOW_UPDATE) and echoes the message."""
+    from torchtide.frontends.grpc import http2 as h2
+
+    conn, _ = sock.accept()
+    with conn:
+        stream = conn.makefile("rb")
+        stream.read(len(h2.PREFACE))
+        conn.sendall(h2.settings_frame({h2.SETTINGS_INITIAL_WINDOW_SIZE: 100}))
+        body, updated, ended, sid = b"", False, False, 0
+        while not ended:
+            head, flags, sid = h2.FRAME_HEADER.unpack(stream.read(9))
+            payload = stream.read(head >> 8)
+            if head & 0xFF != h2.DATA:
+                continue
+            got.append((len(payload), updated))
+            body += payload
+            ended = bool(flags & h2.END_STREAM)
+            if len(body) == 100 and not updated:
+                time.sleep(0.2)  # nothing more may come: the window is spent
+                updated = True
+                conn.sendall(h2.window_update(sid, 1 << 20))
+        conn.sendall(
+            h2.frame(h2.HEADERS, h2.END_HEADERS, sid, h2.RESPONSE_HEADERS)
+            + h2.frame(h2.DATA, 0, sid, body)
+            + h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, sid, h2.TRAILERS_OK)
+        )
+        stream.read()  # until the client closes
+
+
+async def test_native_grpc_client_honours_the_servers_windows() -> None:
+    """The client sends the window's 100 bytes, stops, and sends the rest only after the
+    server's WINDOW_UPDATE."""
+    from torchtide.bench.h2client import H2GrpcClient
+
+    got: list[tuple[int, bool]] = []
+    sock = socket.create_server(("127.0.0.1", 0))
+    server = threading.Thread(target=_window_server, args=(sock, got), daemon=True)
+    server.start()
+    client = await H2GrpcClient.connect("127.0.0.1", sock.getsockname()[1])
+    try:
+        await asyncio.sleep(0.1)  # the server's SETTINGS (a 100-byte window) has arrived
+        result = await asyncio.wait_for(client.unary("/x.Y/Z", b"m" * 1000), 10)
+    finally:
+        client.close()
+    await asyncio.to_thread(server.join, 10)
+    sock.close()
+    assert result == (0, "")
+    sizes = [n for n, _ in got]
+    after_update = [after for _, after in got]
+    assert sum(sizes) == 1005  # the 5-byte prefix and the message
+    assert sizes[0] == 100 and not after_update[0]  # the window's worth, then a stop
+    assert all(after_update[1:])  # nothing past the window before the update

@@ -80,9 +80,14 @@ def _hpack_int(value: int, prefix_bits: int, first: int = 0) -> bytes:
     return bytes(out)
 
 
+def hpack_string(value: bytes) -> bytes:
+    """A string literal without Huffman coding (RFC 7541 5.2)."""
+    return _hpack_int(len(value), 7) + value
+
+
 def literal(name: bytes, value: bytes) -> bytes:
     """A header field as a literal without indexing, new name, no Huffman (RFC 7541 6.2.2)."""
-    return b"\x00" + _hpack_int(len(name), 7) + name + _hpack_int(len(value), 7) + value
+    return b"\x00" + hpack_string(name) + hpack_string(value)
 
 
 # `:status 200` is static entry 8; `content-type` is static entry 31 (literal value).
