@@ -18,11 +18,8 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 import timeit
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -30,39 +27,17 @@ sys.path.insert(0, str(ROOT))
 from prometheus_client import CollectorRegistry  # noqa: E402
 from tests.models import write_add_sub  # noqa: E402
 
+from benchmarks.engine import engine_rate  # noqa: E402
 from torchtide.metrics import ServerCollector, exposition  # noqa: E402
 from torchtide.server import InferenceServer, ServerOptions  # noqa: E402
 from torchtide.stats import Duration, Histogram  # noqa: E402
-from torchtide.types import InferRequest, InferTensor  # noqa: E402
 
 CONCURRENCY = 64
 
 
 async def rate(server: InferenceServer, seconds: float) -> tuple[float, float, float]:
-    """Closed-loop requests/s at CONCURRENCY, the mean batch size formed, and this process's CPU
-    time per request in µs (all threads: the loop and the model's), which other load on a
-    shared machine disturbs far less than throughput."""
-    a = np.arange(16, dtype=np.int32).reshape(1, 16)
-    req = InferRequest(
-        "add_sub", [InferTensor("INPUT0", "INT32", a), InferTensor("INPUT1", "INT32", a)]
-    )
-    before = server.statistics("add_sub")[0]
-    stop = time.perf_counter() + seconds
-    count = 0
-
-    async def worker() -> None:
-        nonlocal count
-        while time.perf_counter() < stop:
-            await server.infer(req)
-            count += 1
-
-    t0, c0 = time.perf_counter(), time.process_time()
-    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
-    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
-    after = server.statistics("add_sub")[0]
-    execs = after["execution_count"] - before["execution_count"]
-    rows = after["inference_count"] - before["inference_count"]
-    return count / elapsed, rows / max(execs, 1), cpu / max(count, 1) * 1e6
+    """requests/s, mean batch size and CPU µs per request at CONCURRENCY."""
+    return await engine_rate(server, CONCURRENCY, seconds)
 
 
 async def run(seconds: float, pairs: int) -> dict[str, list[float]]:

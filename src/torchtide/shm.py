@@ -26,6 +26,8 @@ SHM_DIR = "/dev/shm"
 
 @dataclass(slots=True)
 class Region:
+    """A system region: a mapped /dev/shm object; reads are views of the mapping."""
+
     name: str
     key: str
     offset: int
@@ -40,16 +42,66 @@ class Region:
             "byte_size": self.byte_size,
         }
 
+    def read(self, start: int, nbytes: int) -> memoryview:
+        start += self.offset
+        return memoryview(self.mm)[start : start + nbytes]
+
+    def write(self, start: int, data: bytes | memoryview) -> None:
+        start += self.offset
+        self.mm[start : start + len(data)] = data
+
+    def close(self) -> None:
+        # a live numpy view may still reference it; then GC closes it
+        with contextlib.suppress(BufferError):
+            self.mm.close()
+
 
 @dataclass(slots=True)
 class CudaRegion:
+    """A CUDA region: device memory opened from the client's IPC handle; reads and writes copy
+    between the device and the host."""
+
     name: str
     device_id: int
     byte_size: int
     ptr: int
+    cuda: CudaRuntime
 
     def status(self) -> dict[str, Any]:
         return {"name": self.name, "device_id": self.device_id, "byte_size": self.byte_size}
+
+    def read(self, start: int, nbytes: int) -> memoryview:
+        try:
+            return memoryview(self.cuda.to_host(self.ptr + start, nbytes))
+        except CudaError as e:
+            raise ServerError(Status.INTERNAL, f"CUDA shared memory: {e}") from None
+
+    def write(self, start: int, data: bytes | memoryview) -> None:
+        try:
+            self.cuda.to_device(self.ptr + start, data)
+        except CudaError as e:
+            raise ServerError(Status.INTERNAL, f"CUDA shared memory: {e}") from None
+
+    def close(self) -> None:
+        with contextlib.suppress(CudaError):
+            self.cuda.close(self.ptr)
+
+
+def _unregister(regions: dict[str, Any], name: str) -> None:
+    """Unregister one region, or all when name is empty; unknown names are not an error."""
+    for n in [name] if name else list(regions):
+        region = regions.pop(n, None)
+        if region is not None:
+            region.close()
+
+
+def _status(regions: dict[str, Any], name: str, kind: str) -> list[dict[str, Any]]:
+    if name:
+        region = regions.get(name)
+        if region is None:
+            raise not_found(f"Unable to find {kind} shared memory region: '{name}'")
+        return [region.status()]
+    return [r.status() for r in regions.values()]
 
 
 class SharedMemoryRegistry:
@@ -85,24 +137,10 @@ class SharedMemoryRegistry:
         self.regions[name] = Region(name, key, offset, byte_size, mm)
 
     def unregister(self, name: str = "") -> None:
-        """Unregister one region, or all when name is empty; unknown names are not an error."""
-        names = [name] if name else list(self.regions)
-        for n in names:
-            region = self.regions.pop(n, None)
-            if region is not None:
-                # a live numpy view may still reference it; then GC closes it
-                with contextlib.suppress(BufferError):
-                    region.mm.close()
+        _unregister(self.regions, name)
 
     def status(self, name: str = "") -> list[dict[str, Any]]:
-        if name:
-            region = self.regions.get(name)
-            if region is None:
-                raise not_found(f"Unable to find system shared memory region: '{name}'")
-            return [region.status()]
-        return [r.status() for r in self.regions.values()]
-
-    # ------------------------------------------------------------------ CUDA regions
+        return _status(self.regions, name, "system")
 
     def register_cuda(self, name: str, raw_handle: bytes, device_id: int, byte_size: int) -> None:
         if self.cuda is None:
@@ -121,49 +159,33 @@ class SharedMemoryRegistry:
             raise invalid_arg(
                 f"failed to register CUDA shared memory region '{name}': {e}"
             ) from None
-        self.cuda_regions[name] = CudaRegion(name, device_id, byte_size, ptr)
+        self.cuda_regions[name] = CudaRegion(name, device_id, byte_size, ptr, self.cuda)
 
     def unregister_cuda(self, name: str = "") -> None:
-        """Unregister one region, or all when name is empty; unknown names are not an error."""
-        for n in [name] if name else list(self.cuda_regions):
-            region = self.cuda_regions.pop(n, None)
-            if region is not None and self.cuda is not None:
-                with contextlib.suppress(CudaError):
-                    self.cuda.close(region.ptr)
+        _unregister(self.cuda_regions, name)
 
     def cuda_status(self, name: str = "") -> list[dict[str, Any]]:
-        if name:
-            region = self.cuda_regions.get(name)
-            if region is None:
-                raise not_found(f"Unable to find cuda shared memory region: '{name}'")
-            return [region.status()]
-        return [r.status() for r in self.cuda_regions.values()]
+        return _status(self.cuda_regions, name, "cuda")
 
     # ------------------------------------------------------------------ tensors in regions
 
-    def _span(self, name: str, offset: int, byte_size: int) -> tuple[Region | CudaRegion, int]:
+    def _region(self, name: str, offset: int, byte_size: int) -> Region | CudaRegion:
         region: Region | CudaRegion | None = self.regions.get(name) or self.cuda_regions.get(name)
         if region is None:
             raise not_found(f"Unable to find shared memory region: '{name}'")
         if offset < 0 or byte_size < 0 or offset + byte_size > region.byte_size:
             raise invalid_arg(f"Invalid offset + byte size for shared memory region: '{name}'")
-        base = region.offset if isinstance(region, Region) else 0
-        return region, base + offset
+        return region
 
     def view(self, name: str, offset: int, byte_size: int) -> memoryview:
         """The bytes of an input placed in shared memory: a view of a system region (no copy),
         a host copy of a CUDA region's bytes."""
-        region, start = self._span(name, offset, byte_size)
-        if isinstance(region, CudaRegion):
-            cuda = self.cuda
-            assert cuda is not None
-            return memoryview(self._cuda_call(lambda: cuda.to_host(region.ptr + start, byte_size)))
-        return memoryview(region.mm)[start : start + byte_size]
+        return self._region(name, offset, byte_size).read(offset, byte_size)
 
     def write(
         self, name: str, offset: int, byte_size: int, data: bytes | memoryview, output: str
     ) -> None:
-        region, start = self._span(name, offset, byte_size)
+        region = self._region(name, offset, byte_size)
         n = len(data)
         if n > byte_size:
             raise ServerError(
@@ -171,19 +193,7 @@ class SharedMemoryRegistry:
                 f"shared memory size specified with the request for output '{output}' "
                 f"({byte_size} bytes) should be at least {n} bytes to hold the results",
             )
-        if isinstance(region, CudaRegion):
-            cuda = self.cuda
-            assert cuda is not None
-            self._cuda_call(lambda: cuda.to_device(region.ptr + start, data))
-        else:
-            region.mm[start : start + n] = data
-
-    @staticmethod
-    def _cuda_call(fn: Any) -> Any:
-        try:
-            return fn()
-        except CudaError as e:
-            raise ServerError(Status.INTERNAL, f"CUDA shared memory: {e}") from None
+        region.write(offset, data)
 
     def close(self) -> None:
         self.unregister()

@@ -28,6 +28,7 @@ def _rpc_error(e: grpc.aio.AioRpcError) -> str:
 
 
 INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+_CODE_NAMES = {c.value[0]: c.name for c in grpc.StatusCode}
 
 
 class GrpcWorker:
@@ -55,11 +56,7 @@ class NativeGrpcWorker:
         except H2Error as e:
             return f"UNAVAILABLE: {e}"
         if status:
-            code = grpc.StatusCode.UNKNOWN
-            for c in grpc.StatusCode:
-                if c.value[0] == status:
-                    code = c
-            return f"{code.name}: {message}"
+            return f"{_CODE_NAMES.get(status, 'UNKNOWN')}: {message}"
         return None
 
     def close(self) -> None:

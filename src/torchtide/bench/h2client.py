@@ -154,7 +154,13 @@ class H2GrpcClient(asyncio.Protocol):
                 break
             start = pos + h2.FRAME_HEADER_SIZE
             pos = start + length
-            self._frame(head & 0xFF, flags, sid & 0x7FFFFFFF, view[start:pos])
+            try:
+                self._frame(head & 0xFF, flags, sid & 0x7FFFFFFF, view[start:pos])
+            except h2.ProtocolError as e:
+                self.error = f"malformed frame from the server: {e}"
+                self._fail_all(self.error)
+                self.close()
+                return
         self.buf = data[pos:]
 
     def _frame(self, kind: int, flags: int, sid: int, payload: memoryview) -> None:
@@ -173,9 +179,7 @@ class H2GrpcClient(asyncio.Protocol):
                     call.recv_unacked = 0
         elif kind in (h2.HEADERS, h2.CONTINUATION):
             if kind == h2.HEADERS:
-                body = payload
-                if flags & h2.PADDED:
-                    body = body[1 : len(body) - body[0]]
+                body = h2.unpad(flags, payload)
                 if flags & h2.PRIORITY_FLAG:
                     body = body[5:]
                 self.continuing = (sid, flags, [bytes(body)])
@@ -191,8 +195,7 @@ class H2GrpcClient(asyncio.Protocol):
                 if first & h2.END_STREAM:
                     self._finish(sid)
         elif kind == h2.SETTINGS and not flags & h2.ACK:
-            for i in range(0, len(payload) - 5, 6):
-                key, value = struct.unpack_from(">HI", payload, i)
+            for key, value in h2.settings(payload):
                 if key == h2.SETTINGS_INITIAL_WINDOW_SIZE:
                     for call in self.calls.values():
                         call.send_window += value - self.peer_initial_window

@@ -116,14 +116,6 @@ class Hub:
             self.idle.set()
 
 
-class ConnectionError_(Exception):
-    """An HTTP/2 connection error: GOAWAY with this code, then close."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 class GrpcConnection(asyncio.Protocol):
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
@@ -189,7 +181,7 @@ class GrpcConnection(asyncio.Protocol):
             self.buf.clear()
         try:
             used = self._frames(data)
-        except ConnectionError_ as e:
+        except h2.ProtocolError as e:
             self.close(e.code, str(e))
             return
         except hpack.HPACKError as e:
@@ -212,10 +204,10 @@ class GrpcConnection(asyncio.Protocol):
         if not self.preface:
             if len(data) < len(h2.PREFACE):
                 if not h2.PREFACE.startswith(data):
-                    raise ConnectionError_(h2.PROTOCOL_ERROR, "not an HTTP/2 client preface")
+                    raise h2.ProtocolError(h2.PROTOCOL_ERROR, "not an HTTP/2 client preface")
                 return 0
             if not data.startswith(h2.PREFACE):
-                raise ConnectionError_(h2.PROTOCOL_ERROR, "not an HTTP/2 client preface")
+                raise h2.ProtocolError(h2.PROTOCOL_ERROR, "not an HTTP/2 client preface")
             self.preface = True
             pos = len(h2.PREFACE)
         view = memoryview(data)
@@ -225,7 +217,7 @@ class GrpcConnection(asyncio.Protocol):
             head, flags, sid = unpack(data, pos)
             length = head >> 8
             if length > h2.OUR_MAX_FRAME:
-                raise ConnectionError_(h2.FRAME_SIZE_ERROR, f"frame of {length} bytes")
+                raise h2.ProtocolError(h2.FRAME_SIZE_ERROR, f"frame of {length} bytes")
             if end - pos - h2.FRAME_HEADER_SIZE < length:
                 break
             start = pos + h2.FRAME_HEADER_SIZE
@@ -237,14 +229,14 @@ class GrpcConnection(asyncio.Protocol):
 
     def _frame(self, kind: int, flags: int, sid: int, payload: memoryview) -> None:
         if self.continuing is not None and kind != h2.CONTINUATION:
-            raise ConnectionError_(h2.PROTOCOL_ERROR, "expected CONTINUATION")
+            raise h2.ProtocolError(h2.PROTOCOL_ERROR, "expected CONTINUATION")
         if kind == h2.DATA:
             self._data(flags, sid, payload)
         elif kind == h2.HEADERS:
             self._headers(flags, sid, payload)
         elif kind == h2.CONTINUATION:
             if self.continuing is None or self.continuing[0] != sid:
-                raise ConnectionError_(h2.PROTOCOL_ERROR, "unexpected CONTINUATION")
+                raise h2.ProtocolError(h2.PROTOCOL_ERROR, "unexpected CONTINUATION")
             self.continuing[2].append(bytes(payload))
             if flags & h2.END_HEADERS:
                 sid, first_flags, fragments = self.continuing
@@ -265,19 +257,8 @@ class GrpcConnection(asyncio.Protocol):
         elif kind == h2.GOAWAY:
             self.closing_when_idle()
         elif kind == h2.PUSH_PROMISE:
-            raise ConnectionError_(h2.PROTOCOL_ERROR, "a client may not push")
+            raise h2.ProtocolError(h2.PROTOCOL_ERROR, "a client may not push")
         # PRIORITY and unknown frame types are ignored (RFC 9113 5.5)
-
-    @staticmethod
-    def _unpad(flags: int, payload: memoryview) -> memoryview:
-        if flags & h2.PADDED:
-            if not payload:
-                raise ConnectionError_(h2.PROTOCOL_ERROR, "padded frame without pad length")
-            pad = payload[0]
-            if pad >= len(payload):
-                raise ConnectionError_(h2.PROTOCOL_ERROR, "padding longer than the frame")
-            return payload[1 : len(payload) - pad]
-        return payload
 
     def _data(self, flags: int, sid: int, payload: memoryview) -> None:
         self.recv_unacked += len(payload)
@@ -287,10 +268,10 @@ class GrpcConnection(asyncio.Protocol):
         stream = self.streams.get(sid)
         if stream is None or stream.remote_closed:
             if sid == 0 or sid > self.last_stream_id:
-                raise ConnectionError_(h2.PROTOCOL_ERROR, f"DATA on idle stream {sid}")
+                raise h2.ProtocolError(h2.PROTOCOL_ERROR, f"DATA on idle stream {sid}")
             self._write(h2.rst_stream(sid, h2.STREAM_CLOSED))
             return
-        body = self._unpad(flags, payload)
+        body = h2.unpad(flags, payload)
         ended = bool(flags & h2.END_STREAM)
         if not ended:
             stream.recv_unacked += len(payload)
@@ -306,7 +287,7 @@ class GrpcConnection(asyncio.Protocol):
             self._remote_end(stream)
 
     def _headers(self, flags: int, sid: int, payload: memoryview) -> None:
-        body = self._unpad(flags, payload)
+        body = h2.unpad(flags, payload)
         if flags & h2.PRIORITY_FLAG:
             body = body[5:]
         if flags & h2.END_HEADERS:
@@ -322,7 +303,7 @@ class GrpcConnection(asyncio.Protocol):
                 self._remote_end(stream)
             return
         if sid % 2 == 0 or sid <= self.last_stream_id:
-            raise ConnectionError_(h2.PROTOCOL_ERROR, f"bad stream id {sid}")
+            raise h2.ProtocolError(h2.PROTOCOL_ERROR, f"bad stream id {sid}")
         self.last_stream_id = sid
         if self.refusing:
             self._write(h2.rst_stream(sid, h2.REFUSED_STREAM))
@@ -583,32 +564,29 @@ class GrpcConnection(asyncio.Protocol):
                 return
 
     def _settings(self, payload: memoryview) -> None:
-        if len(payload) % 6:
-            raise ConnectionError_(h2.FRAME_SIZE_ERROR, "SETTINGS length not a multiple of 6")
-        for i in range(0, len(payload), 6):
-            key, value = struct.unpack_from(">HI", payload, i)
+        for key, value in h2.settings(payload):
             if key == h2.SETTINGS_INITIAL_WINDOW_SIZE:
                 if value > h2.MAX_WINDOW:
-                    raise ConnectionError_(h2.FLOW_CONTROL_ERROR, "initial window too large")
+                    raise h2.ProtocolError(h2.FLOW_CONTROL_ERROR, "initial window too large")
                 delta = value - self.peer_initial_window
                 self.peer_initial_window = value
                 for stream in self.streams.values():
                     stream.send_window += delta
             elif key == h2.SETTINGS_MAX_FRAME_SIZE:
                 if not h2.DEFAULT_MAX_FRAME <= value < 1 << 24:
-                    raise ConnectionError_(h2.PROTOCOL_ERROR, "bad SETTINGS_MAX_FRAME_SIZE")
+                    raise h2.ProtocolError(h2.PROTOCOL_ERROR, "bad SETTINGS_MAX_FRAME_SIZE")
                 self.peer_max_frame = value
         self._write(h2.frame(h2.SETTINGS, h2.ACK, 0))
         self._unblock()
 
     def _window_update(self, sid: int, payload: memoryview) -> None:
         if len(payload) != 4:
-            raise ConnectionError_(h2.FRAME_SIZE_ERROR, "WINDOW_UPDATE length")
+            raise h2.ProtocolError(h2.FRAME_SIZE_ERROR, "WINDOW_UPDATE length")
         increment = int.from_bytes(payload) & 0x7FFFFFFF
         if sid == 0:
             self.send_window += increment
             if self.send_window > h2.MAX_WINDOW:
-                raise ConnectionError_(h2.FLOW_CONTROL_ERROR, "connection window overflow")
+                raise h2.ProtocolError(h2.FLOW_CONTROL_ERROR, "connection window overflow")
         else:
             stream = self.streams.get(sid)
             if stream is None:

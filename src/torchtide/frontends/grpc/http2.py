@@ -44,6 +44,34 @@ OUR_CONNECTION_WINDOW: Final = 1 << 30
 OUR_MAX_FRAME: Final = 1 << 20
 
 
+class ProtocolError(Exception):
+    """An HTTP/2 connection error: the peer gets a GOAWAY with this code, then the connection
+    closes."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def unpad(flags: int, payload: memoryview) -> memoryview:
+    """A DATA or HEADERS payload without its padding (RFC 9113 6.1)."""
+    if flags & PADDED:
+        if not payload:
+            raise ProtocolError(PROTOCOL_ERROR, "padded frame without pad length")
+        pad = payload[0]
+        if pad >= len(payload):
+            raise ProtocolError(PROTOCOL_ERROR, "padding longer than the frame")
+        return payload[1 : len(payload) - pad]
+    return payload
+
+
+def settings(payload: memoryview) -> list[tuple[int, int]]:
+    """A SETTINGS frame's (identifier, value) pairs."""
+    if len(payload) % 6:
+        raise ProtocolError(FRAME_SIZE_ERROR, "SETTINGS length not a multiple of 6")
+    return [struct.unpack_from(">HI", payload, i) for i in range(0, len(payload), 6)]
+
+
 def frame(kind: int, flags: int, stream_id: int, payload: bytes | memoryview = b"") -> bytes:
     return FRAME_HEADER.pack(len(payload) << 8 | kind, flags, stream_id) + payload
 

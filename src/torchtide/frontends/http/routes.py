@@ -286,13 +286,7 @@ class Api:
         key = doc.get("key")
         if not isinstance(key, str) or not key:
             raise bad_request("the register request needs a string 'key' (the shm object name)")
-        offset, size = doc.get("offset", 0), doc.get("byte_size")
-        for field_name, v in (("offset", offset), ("byte_size", size)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise bad_request(
-                    f"the register request needs a non-negative integer '{field_name}'"
-                )
-        assert isinstance(offset, int) and isinstance(size, int)
+        offset, size = _counts(doc, offset=0, byte_size=None)
         registry.register(region, key, offset, size)
         return Response(200)
 
@@ -316,16 +310,22 @@ class Api:
             raw = base64.b64decode(b64, validate=True)
         except binascii.Error:
             raise bad_request("'raw_handle' is not valid base64") from None
-        device_id, size = doc.get("device_id", 0), doc.get("byte_size")
-        for field_name, v in (("device_id", device_id), ("byte_size", size)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise bad_request(
-                    f"the register request needs a non-negative integer '{field_name}'"
-                )
-        assert isinstance(device_id, int) and isinstance(size, int)
+        device_id, size = _counts(doc, device_id=0, byte_size=None)
         registry.register_cuda(region, raw, device_id, size)
         return Response(200)
 
     def cuda_unregister(self, req: Request, region: str) -> Response:
         self.shm.check().unregister_cuda(region)  # unknown names are not an error (Triton)
         return Response(200)
+
+
+def _counts(doc: dict[str, Any], **defaults: int | None) -> list[int]:
+    """The register request's integer fields, in order; each must be a non-negative integer
+    (a field whose default is None must be present)."""
+    values = []
+    for field_name, default in defaults.items():
+        v = doc.get(field_name, default)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise bad_request(f"the register request needs a non-negative integer '{field_name}'")
+        values.append(v)
+    return values
