@@ -41,8 +41,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 STREAM_METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
-CONFIGS = ["grpcio-echo-uvloop", "echo-uvloop", "convert-uvloop", "default", "uvloop",
-           "stream-uvloop"]
+CONFIGS = [
+    "grpcio-echo-uvloop",
+    "echo-uvloop",
+    "convert-uvloop",
+    "default",
+    "uvloop",
+    "stream-uvloop",
+]
 
 
 def add_sub_request(request_id: str = "") -> bytes:
@@ -156,8 +162,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _load(port: int, concurrency: int, warmup: float, seconds: float, server_pid: int,
-                stream: bool) -> dict[str, float]:
+async def _load(
+    port: int, concurrency: int, warmup: float, seconds: float, server_pid: int, stream: bool
+) -> dict[str, float]:
     import grpc
     from tritonclient.grpc import service_pb2 as pb
 
@@ -238,8 +245,9 @@ async def _load(port: int, concurrency: int, warmup: float, seconds: float, serv
     }
 
 
-def load_main(port: int, concurrency: int, warmup: float, seconds: float, pid: int,
-              stream: bool) -> None:
+def load_main(
+    port: int, concurrency: int, warmup: float, seconds: float, pid: int, stream: bool
+) -> None:
     result = asyncio.run(_load(port, concurrency, warmup, seconds, pid, stream))
     print(json.dumps(result), flush=True)
 
@@ -257,8 +265,9 @@ async def _inproc(concurrency: int, warmup: float, seconds: float) -> dict[str, 
 
     async def worker() -> None:
         while True:
-            req = InferRequest("add_sub", [InferTensor("INPUT0", "INT32", a),
-                                           InferTensor("INPUT1", "INT32", a)])
+            req = InferRequest(
+                "add_sub", [InferTensor("INPUT0", "INT32", a), InferTensor("INPUT1", "INT32", a)]
+            )
             t0 = time.perf_counter_ns()
             await server.infer(req)
             t1 = time.perf_counter_ns()
@@ -270,9 +279,14 @@ async def _inproc(concurrency: int, warmup: float, seconds: float) -> dict[str, 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     await server.stop()
     lat.sort()
-    return {"rps": len(lat) / seconds, "p50_ms": lat[len(lat) // 2] / 1e6,
-            "p99_ms": lat[int(len(lat) * 0.99)] / 1e6, "server_us": 0.0, "client_us": 0.0,
-            "batch": 0.0}
+    return {
+        "rps": len(lat) / seconds,
+        "p50_ms": lat[len(lat) // 2] / 1e6,
+        "p99_ms": lat[int(len(lat) * 0.99)] / 1e6,
+        "server_us": 0.0,
+        "client_us": 0.0,
+        "batch": 0.0,
+    }
 
 
 # ---------------------------------------------------------------------------- driver
@@ -286,28 +300,51 @@ def _env() -> dict[str, str]:
     return env
 
 
-def run_point(config: str, concurrencies: list[int], warmup: float, seconds: float
-              ) -> dict[int, dict[str, float]]:
+def run_point(
+    config: str, concurrencies: list[int], warmup: float, seconds: float
+) -> dict[int, dict[str, float]]:
     me = [sys.executable, __file__]
     if config == "inproc":
         out = {}
         for c in concurrencies:
-            r = subprocess.run([*me, "--inproc", str(c), str(warmup), str(seconds)],
-                               capture_output=True, text=True, env=_env(), check=True)
+            r = subprocess.run(
+                [*me, "--inproc", str(c), str(warmup), str(seconds)],
+                capture_output=True,
+                text=True,
+                env=_env(),
+                check=True,
+            )
             out[c] = json.loads(r.stdout.strip().splitlines()[-1])
         return out
     stream = config.removesuffix("-uvloop") == "stream"
-    server = subprocess.Popen([*me, "--serve", config.replace("stream", "default", 1)],
-                              stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True, env=_env())
+    server = subprocess.Popen(
+        [*me, "--serve", config.replace("stream", "default", 1)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
     try:
         assert server.stdout is not None
         port = int(server.stdout.readline())
         out = {}
         for c in concurrencies:
-            r = subprocess.run([*me, "--load", str(port), str(c), str(warmup), str(seconds),
-                                str(server.pid), str(int(stream))],
-                               capture_output=True, text=True, env=_env(), check=True)
+            r = subprocess.run(
+                [
+                    *me,
+                    "--load",
+                    str(port),
+                    str(c),
+                    str(warmup),
+                    str(seconds),
+                    str(server.pid),
+                    str(int(stream)),
+                ],
+                capture_output=True,
+                text=True,
+                env=_env(),
+                check=True,
+            )
             out[c] = json.loads(r.stdout.strip().splitlines()[-1])
         return out
     finally:
@@ -341,21 +378,27 @@ def main() -> None:
     for _ in range(args.repeat):  # interleaved, so drift on a shared machine hits every config
         for config in args.configs:
             runs[config].append(run_point(config, args.concurrency, args.warmup, args.seconds))
-    print(f"W1 add_sub over gRPC, {os.cpu_count()} cores, medians of {args.repeat} runs "
-          f"({args.seconds:g} s each after {args.warmup:g} s warm-up)")
+    print(
+        f"W1 add_sub over gRPC, {os.cpu_count()} cores, medians of {args.repeat} runs "
+        f"({args.seconds:g} s each after {args.warmup:g} s warm-up)"
+    )
     print("server_us / client_us: CPU time each process spent per request (what contention on a")
     print("shared machine inflates least)")
     print("batch: the server's mean batch size (rows per model execution) during the point")
     keys = ("rps", "p50_ms", "p99_ms", "server_us", "client_us", "batch")
     width = max(12, *(len(c) + 2 for c in runs))
-    print(f"{'config':<{width}}{'conc':>6}{'infer/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
-          f"{'server_us':>11}{'client_us':>11}{'batch':>7}")
+    print(
+        f"{'config':<{width}}{'conc':>6}{'infer/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'server_us':>11}{'client_us':>11}{'batch':>7}"
+    )
     for config, rs in runs.items():
         for c in args.concurrency:
             m = {k: statistics.median(r[c][k] for r in rs) for k in keys}
-            print(f"{config:<{width}}{c:>6}{m['rps']:>10.0f}{m['p50_ms']:>9.3f}"
-                  f"{m['p99_ms']:>9.3f}{m['server_us']:>11.0f}{m['client_us']:>11.0f}"
-                  f"{m['batch']:>7.1f}")
+            print(
+                f"{config:<{width}}{c:>6}{m['rps']:>10.0f}{m['p50_ms']:>9.3f}"
+                f"{m['p99_ms']:>9.3f}{m['server_us']:>11.0f}{m['client_us']:>11.0f}"
+                f"{m['batch']:>7.1f}"
+            )
     return None
 
 
