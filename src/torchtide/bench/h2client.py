@@ -105,20 +105,25 @@ class H2GrpcClient(asyncio.Protocol):
         call = _Call(self.loop.create_future(), self.peer_initial_window)
         self.calls[sid] = call
         self.transport.write(h2.frame(h2.HEADERS, h2.END_HEADERS, sid, self._block(path)))
-        view = memoryview(_PREFIX.pack(0, len(message)) + message)
-        while view and not call.done.done():  # the server may answer before the upload ends
-            n = min(len(view), self.send_window, call.send_window, self.peer_max_frame)
+        # The message goes out as slices of itself (no copies: a W2 image is 600 KB), the
+        # 5-byte gRPC prefix in front of the first.
+        prefix = _PREFIX.pack(0, len(message))
+        view = memoryview(message)
+        while (prefix or view) and not call.done.done():  # the server may answer early
+            left = len(prefix) + len(view)
+            n = min(left, self.send_window, call.send_window, self.peer_max_frame)
             if n <= 0:
                 self.window_opened.clear()
                 await self.window_opened.wait()
                 if self.transport is None:
                     break
                 continue
-            last = n == len(view)
-            self.transport.write(
-                h2.frame(h2.DATA, h2.END_STREAM if last else 0, sid, bytes(view[:n]))
-            )
-            view = view[n:]
+            flags = h2.END_STREAM if n == left else 0
+            head = h2.FRAME_HEADER.pack(n << 8 | h2.DATA, flags, sid) + prefix[:n]
+            m = n - min(n, len(prefix))
+            prefix = prefix[n:]
+            self.transport.writelines([head, view[:m]])
+            view = view[m:]
             self.send_window -= n
             call.send_window -= n
         return await call.done
