@@ -38,7 +38,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,17 +74,20 @@ class Limit:
     `scan_best_rate` keeps the raw maximum of the scan for the stricter reading.
     """
 
-    best_rate: float  # inferences/s: the median of `brackets`
-    best_batch: int
-    layout: str  # "1x2": one caller, torch's default threads; "2x1": two callers, 1 thread each
+    config: Config  # the best configuration
     p50_batch1_ms: float
     scan_best_rate: float
     brackets: list[float]  # the best configuration before the first step and after each step
     per_batch: dict[str, float]  # the scan: "1x2 b8" -> inferences/s
 
     @property
-    def config(self) -> Config:
-        return (1 if self.layout == "1x2" else 2, self.best_batch)
+    def best_rate(self) -> float:
+        """Inferences/s: the median of `brackets`."""
+        return statistics.median(self.brackets)
+
+    @property
+    def label(self) -> str:
+        return f"{layout(self.config[0])}, batch {self.config[1]}"
 
 
 Config = tuple[int, int]  # (callers, batch size)
@@ -116,6 +119,8 @@ def sentences(n: int = 2000, seed: int = 0) -> list[str]:
 
 
 def layout(callers: int) -> str:
+    """The layout label: "1x2" is one caller with torch's default threads, "2x1" two callers with
+    1 thread each."""
     return "1x2" if callers == 1 else "2x1"
 
 
@@ -149,9 +154,7 @@ class InProcess:
         confirmed = {c: self.rate(c, 3 * seconds) for c in top}
         best = max(confirmed, key=lambda c: confirmed[c])
         return Limit(
-            best_rate=confirmed[best],
-            best_batch=best[1],
-            layout=layout(best[0]),
+            config=best,
             p50_batch1_ms=p50_1,
             scan_best_rate=max(scan.values()),
             brackets=[confirmed[best]],
@@ -373,7 +376,12 @@ def main() -> None:
     args.out.write_text(
         json.dumps(
             [
-                {"limits": {k: asdict(v) for k, v in limits.items()}, "rows": rows}
+                {
+                    "limits": {
+                        k: asdict(v) | {"best_rate": v.best_rate} for k, v in limits.items()
+                    },
+                    "rows": rows,
+                }
                 for limits, rows in rounds
             ],
             indent=2,
@@ -427,7 +435,7 @@ def one_round(
                             **step,
                         }
                     )
-            limits[w] = replace(limit, best_rate=statistics.median(limit.brackets))
+            limits[w] = limit
     finally:
         server.terminate()
         server.wait(60)
@@ -457,10 +465,7 @@ def print_tables(
     for j, r in enumerate(rounds[0][1]):
         same = [rows[j] for _, rows in rounds]
         limit_rates = [limits[r["workload"]].best_rate for limits, _ in rounds]
-        configs = collections.Counter(
-            f"{lim.layout}, batch {lim.best_batch}"
-            for lim in (limits[r["workload"]] for limits, _ in rounds)
-        )
+        configs = collections.Counter(limits[r["workload"]].label for limits, _ in rounds)
         fracs = [x["of_limit"] for x in same]
         strict = med([x["of_scan_max"] for x in same])
         p50 = med([x.get("p50_ms") or 0.0 for x in same])
