@@ -272,7 +272,7 @@ class Api:
             raise bad_request("missing region name in the register request path")
         doc = self._json(req, "shared memory register request")
         key = doc.get("key")
-        if not isinstance(key, str) or not key:
+        if not isinstance(key, str):  # what the key may name is the core's to say
             raise bad_request("the register request needs a string 'key' (the shm object name)")
         offset, size = _counts(doc, offset=0, byte_size=None)
         registry.register(region, key, offset, size)
