@@ -200,9 +200,17 @@ def test_model_ready(client: grpcclient.InferenceServerClient) -> None:
     assert client.is_model_ready("add_sub", "1")
     assert not client.is_model_ready("nope")  # Triton: OK with ready=false
     assert not client.is_model_ready("add_sub", "3")
-    for bad in ("-1", "abc"):
-        expect_error(functools.partial(client.is_model_ready, "add_sub", bad),
-                     grpc.StatusCode.INVALID_ARGUMENT, "version should be an integral value > 0")
+    assert not client.is_model_ready("add_sub", "0")  # well formed, never served
+    # Triton's words (triton-observed.md §3); "1_0", " 1" and a number past int64 are not
+    # versions either (Python's int() would read the first as 10)
+    bad = {"-1": "invalid model version specified '-1' , version should be an integral value > 0"}
+    for v in ("abc", "1_0", " 1", "9" * 30):
+        bad[v] = (f"failed to get model version from specified version string '{v}' "
+                  "(details: stol), version should be an integral value > 0")
+    for version, message in bad.items():
+        for call in (client.is_model_ready, client.get_model_metadata, client.get_model_config):
+            expect_error(functools.partial(call, "add_sub", version),
+                         grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
 def test_model_config(client: grpcclient.InferenceServerClient, app: AppThread) -> None:
@@ -838,9 +846,9 @@ def test_refusal_without_client_shm_and_graceful_stop(tmp_path: Path) -> None:
         url = f"127.0.0.1:{app.app.port('grpc')}"
         c = grpcclient.InferenceServerClient(url)
         for call in (lambda: c.register_system_shared_memory("r", "/k", 8),
-                     lambda: c.get_system_shared_memory_status(),
                      lambda: c.unregister_system_shared_memory()):
             expect_error(call, grpc.StatusCode.UNIMPLEMENTED, "--allow-client-shm")
+        assert not c.get_system_shared_memory_status().regions  # answered, as over HTTP
         req = [grpcclient.InferInput("INPUT0", [1], "FP32").set_shared_memory("r", 4)]
         expect_error(lambda: c.infer("slow", req), grpc.StatusCode.UNIMPLEMENTED,
                      "--allow-client-shm")

@@ -1,17 +1,25 @@
-"""Poll mode, warmup, and load/unload cycles (memory)."""
+"""Poll mode, warmup, load/unload cycles (memory), and how long a config override lasts."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
 
 from tests import probe
+from tests.conftest import start_app
 from tests.models import write_model
 from tests.test_server_api import ONE, versioned, write_versioned
+from torchtide.app import AppThread
+from torchtide.config import to_json_dict
 from torchtide.errors import ServerError
 from torchtide.server import InferenceServer, ServerOptions
 
@@ -225,3 +233,65 @@ async def test_model_removed_while_reloading(tmp_path: Path) -> None:
         assert s.model_ready("later")
     finally:
         assert await asyncio.wait_for(s.stop(timeout=5), 10)
+
+
+# ---------------------------------------------------------------------------- config overrides
+
+
+async def test_a_config_override_ends_with_its_unload(tmp_path: Path) -> None:
+    """As Triton: a plain load after an override keeps it (nothing changed on disk), an unload
+    ends it, and an override whose load failed never becomes the model's configuration."""
+    write_versioned(tmp_path, "ver", "", ["1"])
+    s = InferenceServer(ServerOptions([tmp_path], control_mode="explicit", startup_models=["*"]))
+    await s.start()
+    try:
+        override = to_json_dict(s.model_config("ver"))
+        override["max_batch_size"] = 2
+        await s.load("ver", json.dumps(override))
+        await s.load("ver")
+        assert s.model_config("ver").max_batch_size == 2
+        await s.unload("ver")
+        await s.load("ver")
+        assert s.model_config("ver").max_batch_size == 4  # config.pbtxt again
+        # an override that parses but cannot load: the model keeps serving config.pbtxt, and
+        # the next plain load does not pick the broken override up
+        broken = {**override, "backend": "no_such_backend"}
+        with pytest.raises(ServerError):
+            await s.load("ver", json.dumps(broken))
+        assert s.model_config("ver").max_batch_size == 4
+        await s.load("ver")
+        assert s.model_config("ver").max_batch_size == 4
+    finally:
+        await s.stop()
+
+
+@pytest.fixture(scope="module")
+def explicit_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppThread]:
+    repo = tmp_path_factory.mktemp("override")
+    write_versioned(repo, "ver", "", ["1"])
+    app = start_app(repo, control_mode="explicit", startup_models=["*"])
+    yield app
+    app.stop()
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_unload_ends_a_config_override_over_the_wire(explicit_app: AppThread, protocol: str) -> None:
+    if protocol == "http":
+        c: Any = httpclient.InferenceServerClient(f"127.0.0.1:{explicit_app.app.port('http')}")
+        config = c.get_model_config("ver")
+    else:
+        c = grpcclient.InferenceServerClient(f"127.0.0.1:{explicit_app.app.port('grpc')}")
+        config = c.get_model_config("ver", as_json=True)["config"]
+
+    def batch() -> int:
+        cfg = c.get_model_config("ver")
+        return int(cfg["max_batch_size"] if protocol == "http" else cfg.config.max_batch_size)
+
+    try:
+        c.load_model("ver", config=json.dumps({**config, "max_batch_size": 2}))
+        assert batch() == 2
+        c.unload_model("ver")
+        c.load_model("ver")
+        assert batch() == 4
+    finally:
+        c.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ EXTENSIONS = [
     "statistics",
     "logging",
 ]
+
+MAX_MODEL_NAME_BYTES = 255  # NAME_MAX: a model is one folder of a repository
 
 
 class ModelState(Enum):
@@ -196,6 +199,7 @@ class InferenceServer:
     def resolve(self, name: str, version: str = "") -> ServedVersion:
         record = self.models.get(name)
         if record is None:
+            check_model_name(name)  # only well-formed names ever get a record
             raise not_found(f"Request for unknown model: '{name}' is not found")
         if not version:
             if not record.served:
@@ -210,6 +214,11 @@ class InferenceServer:
         return served
 
     def model_ready(self, name: str, version: str = "") -> bool:
+        """False for a model or version that is not served; a malformed name or version is an
+        error (INVALID_ARG), as Triton answers over gRPC."""
+        check_model_name(name)
+        if version:
+            parse_version(version)
         try:
             sv = self.resolve(name, version)
         except ServerError:
@@ -277,6 +286,7 @@ class InferenceServer:
                 for n, r in sorted(self.models.items())
                 for _, sv in sorted(r.served.items())
             ]
+        check_model_name(name)
         record = self.models.get(name)
         if record is None or not record.served:
             raise invalid_arg(f"requested model '{name}' is not available")
@@ -332,10 +342,28 @@ class InferenceServer:
                 "explicit model load / unload is not allowed when --model-control-mode is 'none'"
             )
 
+    async def load_with_parameters(self, name: str, parameters: Mapping[str, object]) -> None:
+        """The repository API's load as a request carries it, for every front-end: 'config'
+        (a string: the configuration as JSON) and 'file:<path>' (bytes); any other key, or a
+        value of another type, is INVALID_ARG (Triton's gRPC answer)."""
+        config, files = load_parameters(parameters)
+        await self.load(name, config, files or None)
+
+    async def unload_with_parameters(self, name: str, parameters: Mapping[str, object]) -> None:
+        """The repository API's unload as a request carries it: 'unload_dependents' must be a
+        bool when present; other keys are ignored (as Triton does on both protocols)."""
+        dependents = parameters.get("unload_dependents", False)
+        if not isinstance(dependents, bool):
+            raise invalid_arg(
+                "invalid value type for 'unload_dependents' parameter, expected a bool"
+            )
+        await self.unload(name, dependents)
+
     async def load(
         self, name: str, config_json: str | None = None, files: dict[str, bytes] | None = None
     ) -> None:
         """The repository API's load (explicit mode): optional config override and files."""
+        check_model_name(name)  # before any file is written under the name
         self._check_control()
         override = None
         if config_json:
@@ -358,12 +386,15 @@ class InferenceServer:
             target.write_bytes(content)
 
     async def unload(self, name: str, unload_dependents: bool = False) -> None:
+        check_model_name(name)
         self._check_control()
         await self.unload_model(name)
 
     async def load_model(self, name: str, *, override: ModelConfig | None = None) -> None:
         """Load or reload a model. A reload loads the new versions beside the old ones and
-        switches when they are ready; if it fails, the old versions keep serving."""
+        switches when they are ready; if it fails, the old versions keep serving. An override
+        lasts until the model is unloaded (a plain reload keeps it, as in Triton)."""
+        check_model_name(name)
         lock = self._load_locks.setdefault(name, asyncio.Lock())
         async with lock:
             await self._load_locked(name, override)
@@ -382,8 +413,8 @@ class InferenceServer:
             record = self.models[name] = ModelRecord(name, model_dir)
         record.model_dir = model_dir
         record.fingerprint = await asyncio.to_thread(fingerprint, model_dir)
-        if override is not None:
-            record.override = override
+        # the override this load applies; it becomes the model's only if the load succeeds
+        override = record.override if override is None else override
         started = time.perf_counter()
         for v in version_dirs(model_dir):
             if v not in record.served:
@@ -393,7 +424,7 @@ class InferenceServer:
                 prepare,
                 name,
                 model_dir,
-                override=_copy(record.override),
+                override=_copy(override),
                 auto_complete=self.options.auto_complete,
                 gpu_count=self.gpu_count,
                 cpu_count=self.options.cpu_count,
@@ -406,6 +437,7 @@ class InferenceServer:
         old = record.served
         record.served = new
         record.config = prepared.config
+        record.override = override
         record.error = ""
         record.load_seconds = time.perf_counter() - started
         record.states = {v: (ModelState.READY, "") for v in new}
@@ -469,9 +501,14 @@ class InferenceServer:
         await asyncio.gather(*(v.scheduler.close() for v in versions))
 
     async def unload_model(self, name: str) -> None:
+        """Unload every version; a config override ends here (the next load reads the
+        repository's config.pbtxt again, as in Triton)."""
+        check_model_name(name)
         lock = self._load_locks.setdefault(name, asyncio.Lock())
         async with lock:
             record = self.models.get(name)
+            if record is not None:
+                record.override = None
             if record is None or not record.served:
                 return
             old = list(record.served.values())
@@ -492,16 +529,68 @@ def fingerprint(model_dir: Path) -> tuple[Any, ...]:
     return tuple(items)
 
 
+_VERSION = re.compile(r"-?[0-9]{1,19}")  # what fits an int64, as Triton's std::stol reads it
+_INT64 = range(-(2**63), 2**63)
+
+
 def parse_version(version: str) -> int:
-    try:
-        v = int(version)
-    except ValueError:
-        v = -1
-    if v <= 0:
+    """A requested version, as Triton reads one: "0" is well formed (and never served, so not
+    found); a negative number or anything that is not an integer is INVALID_ARG, in Triton's
+    words. Stricter than std::stol: no sign, space or trailing characters around the digits."""
+    if _VERSION.fullmatch(version) is None or int(version) not in _INT64:
         raise invalid_arg(
-            f"invalid model version specified '{version}', version should be an integral value > 0"
+            f"failed to get model version from specified version string '{version}' "
+            "(details: stol), version should be an integral value > 0"
+        )
+    v = int(version)
+    if v < 0:
+        raise invalid_arg(
+            f"invalid model version specified '{version}' , version should be an integral value > 0"
         )
     return v
+
+
+def load_parameters(parameters: Mapping[str, object]) -> tuple[str | None, dict[str, bytes]]:
+    """A load request's parameters -> (config JSON or None, {path in the model: content})."""
+    config: str | None = None
+    files: dict[str, bytes] = {}
+    for key, value in parameters.items():
+        if key == "config":
+            if not isinstance(value, str):
+                raise invalid_arg(
+                    "invalid value type for load parameter 'config', expected a string "
+                    "(the model configuration as JSON)"
+                )
+            config = value
+        elif key.startswith("file:"):
+            if not isinstance(value, bytes):
+                raise invalid_arg(
+                    f"invalid value type for load parameter '{key}', expected the file's bytes"
+                )
+            files[key[len("file:") :]] = value
+        else:
+            raise invalid_arg(
+                f"unrecognized load parameter '{key}'; expected 'config' or 'file:<path>'"
+            )
+    return config, files
+
+
+def check_model_name(name: str) -> None:
+    """A model name names one folder of a repository: not empty, '.' or '..', no '/', '\\'
+    or NUL, at most MAX_MODEL_NAME_BYTES. Every call that takes a name checks it here first,
+    before a lookup or a file is touched; a malformed name is INVALID_ARG."""
+    reason = ""
+    if name in ("", ".", ".."):
+        reason = "a model name must name one folder of the repository"
+    elif "/" in name or "\\" in name:
+        reason = "a model name must not contain '/' or '\\'"
+    elif "\x00" in name:
+        reason = "a model name must not contain a NUL character"
+    elif len(name.encode()) > MAX_MODEL_NAME_BYTES:
+        reason = f"a model name must be at most {MAX_MODEL_NAME_BYTES} bytes"
+    if reason:
+        shown = name if len(name) <= 80 else name[:80] + "..."
+        raise invalid_arg(f"invalid model name '{shown}': {reason}")
 
 
 def _copy(cfg: ModelConfig | None) -> ModelConfig | None:

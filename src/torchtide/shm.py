@@ -2,7 +2,9 @@
 extensions).
 
 Lives in the core so HTTP and gRPC share one registry. System regions are POSIX shm objects
-(/dev/shm/<key>) mapped with mmap; inputs are read as numpy views without a copy. CUDA regions
+(/dev/shm/<key>) mapped with mmap; inputs are read as numpy views without a copy. A key names
+one object, never a path: it is checked as shm_open checks a name, opened relative to /dev/shm
+without following a link, and mapped only if it is a regular file. CUDA regions
 are device memory opened from the client's IPC handle (cuda_ipc.py), present only when the
 server has a GPU; inputs are copied to the host, outputs back to the device. A request names a
 region without saying its kind, so one lookup serves both.
@@ -11,8 +13,10 @@ region without saying its kind, so one lookup serves both.
 from __future__ import annotations
 
 import contextlib
+import errno
 import mmap
 import os
+import stat
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +26,7 @@ from torchtide.cuda_ipc import CudaError, CudaRuntime
 from torchtide.errors import ServerError, Status, invalid_arg, not_found, unsupported
 
 SHM_DIR = "/dev/shm"
+MAX_SHM_NAME_BYTES = 255  # NAME_MAX: an object is one entry of SHM_DIR
 
 
 @dataclass(slots=True)
@@ -120,13 +125,7 @@ class SharedMemoryRegistry:
         self._check_new(name)
         if offset < 0 or byte_size <= 0:
             raise invalid_arg(f"failed to register shared memory region '{name}': invalid args")
-        path = os.path.join(SHM_DIR, key.lstrip("/"))
-        try:
-            fd = os.open(path, os.O_RDWR)
-        except OSError:
-            raise ServerError(
-                Status.INTERNAL, f"Unable to open shared memory region: '{key}'"
-            ) from None
+        fd = _open_object(name, key, shm_object_name(name, key))
         try:
             size = os.fstat(fd).st_size
             if offset + byte_size > size:
@@ -198,6 +197,69 @@ class SharedMemoryRegistry:
     def close(self) -> None:
         self.unregister()
         self.unregister_cuda()
+
+
+def shm_object_name(name: str, key: str) -> str:
+    """The shm object a key names, read as shm_open reads one name: at most one leading '/',
+    no other '/', not '.' or '..', no NUL, at most NAME_MAX bytes. INVALID_ARG otherwise."""
+    obj = key[1:] if key.startswith("/") else key
+    reason = ""
+    if obj in ("", ".", ".."):
+        reason = "it names no shared memory object"
+    elif "/" in obj:
+        reason = "a key is one object name: '/' only as its first character"
+    elif "\x00" in obj:
+        reason = "it contains a NUL character"
+    elif len(obj.encode()) > MAX_SHM_NAME_BYTES:
+        reason = f"it is longer than {MAX_SHM_NAME_BYTES} bytes"
+    if reason:
+        raise _bad_key(name, key, reason)
+    return obj
+
+
+def _bad_key(name: str, key: str, reason: str) -> ServerError:
+    shown = key if len(key) <= 80 else key[:80] + "..."
+    return invalid_arg(
+        f"cannot register shared memory region '{name}' - invalid shm key '{shown}': {reason}"
+    )
+
+
+def _open_object(name: str, key: str, obj: str) -> int:
+    """Open the object read-write inside SHM_DIR: never through a symbolic link, and only a
+    regular file (a folder, FIFO or device is refused before it is opened)."""
+    folder = os.open(SHM_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        try:
+            mode = os.stat(obj, dir_fd=folder, follow_symlinks=False).st_mode
+        except OSError:  # Triton's answer for a key that names nothing
+            raise ServerError(
+                Status.INTERNAL, f"Unable to open shared memory region: '{key}'"
+            ) from None
+        _check_kind(name, key, mode)
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+        try:
+            fd = os.open(obj, flags, dir_fd=folder)
+        except OSError as e:
+            if e.errno == errno.ELOOP:  # replaced by a link since the check
+                raise _bad_key(name, key, "it is a symbolic link") from None
+            raise ServerError(
+                Status.INTERNAL, f"Unable to open shared memory region: '{key}'"
+            ) from None
+    finally:
+        os.close(folder)
+    try:
+        _check_kind(name, key, os.fstat(fd).st_mode)  # what was opened, not what was looked at
+    except ServerError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check_kind(name: str, key: str, mode: int) -> None:
+    if stat.S_ISLNK(mode):
+        raise _bad_key(name, key, "it is a symbolic link")
+    if not stat.S_ISREG(mode):
+        raise _bad_key(name, key, "it is not a regular file")
 
 
 def array_bytes(arr: np.ndarray[Any, Any]) -> memoryview:

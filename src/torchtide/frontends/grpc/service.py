@@ -15,17 +15,17 @@ from typing import Any, TypeVar
 import grpc
 from tritonclient.grpc import service_pb2 as pb
 
-from torchtide.errors import ServerError, invalid_arg, unavailable, unsupported
+from torchtide.errors import ServerError, unavailable, unsupported
 from torchtide.frontends.grpc.connection import AbortError
 from torchtide.frontends.grpc.convert import (
     decode_request,
     encode_response,
     grpc_code,
-    param_value,
+    params_to_dict,
     parse_dict,
     shm_refused,
 )
-from torchtide.server import InferenceServer, parse_version
+from torchtide.server import InferenceServer
 
 log = logging.getLogger("torchtide.grpc")
 
@@ -98,9 +98,8 @@ class InferenceService:
 
     @rpc(refuse=False)
     async def ModelReady(self, request: Any, context: Any) -> Any:
-        if request.version:
-            parse_version(request.version)  # Triton: a malformed version is an error, not False
-        ready = not self.closing and self.server.model_ready(request.name, request.version)
+        # a malformed name or version is an error, not False (the core raises it)
+        ready = self.server.model_ready(request.name, request.version) and not self.closing
         return pb.ModelReadyResponse(ready=ready)
 
     @rpc()
@@ -223,37 +222,25 @@ class InferenceService:
     @rpc()
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
         self._no_repository_name(request.repository_name)
-        config: str | None = None
-        files: dict[str, bytes] = {}
-        for key, p in request.parameters.items():
-            value = param_value(p)
-            if key == "config":
-                if not isinstance(value, str):
-                    raise invalid_arg("the 'config' parameter must be a string_param (JSON)")
-                config = value
-            elif key.startswith("file:"):
-                if not isinstance(value, bytes):
-                    raise invalid_arg(f"the '{key}' parameter must be a bytes_param")
-                files[key[len("file:") :]] = value
-        await self.server.load(request.model_name, config, files or None)
+        params = params_to_dict(request.parameters)
+        await self.server.load_with_parameters(request.model_name, params)
         return pb.RepositoryModelLoadResponse()
 
     @rpc()
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
         self._no_repository_name(request.repository_name)
-        p = request.parameters.get("unload_dependents")
-        dependents = bool(param_value(p)) if p is not None else False
-        await self.server.unload(request.model_name, unload_dependents=dependents)
+        params = params_to_dict(request.parameters)
+        await self.server.unload_with_parameters(request.model_name, params)
         return pb.RepositoryModelUnloadResponse()
 
     # ------------------------------------------------------------------ shared memory
 
     @rpc()
     async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
-        if self.shm is None:
-            raise shm_refused()
+        # answered even when client shared memory is off (nothing is registered then), as
+        # over HTTP and as tritonserver does on both protocols
         resp = pb.SystemSharedMemoryStatusResponse()
-        for r in self.shm.status(request.name):
+        for r in self.server.shm.status(request.name):
             resp.regions[r["name"]].CopyFrom(pb.SystemSharedMemoryStatusResponse.RegionStatus(**r))
         return resp
 

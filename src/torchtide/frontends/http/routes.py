@@ -239,32 +239,20 @@ class Api:
         if repo:
             raise unsupported("'repository_name' specification is not supported")
         params = self._parameters(req, "load request")
-        config: str | None = None
-        files: dict[str, bytes] = {}
         for key, value in params.items():
-            if not isinstance(value, str):
-                raise bad_request(f"load parameter '{key}' must be a string")
-            if key == "config":
-                config = value
-            elif key.startswith("file:"):
+            if key.startswith("file:") and isinstance(value, str):  # file content: base64
                 try:
-                    files[key[5:]] = base64.b64decode(value, validate=True)
+                    params[key] = base64.b64decode(value, validate=True)
                 except (binascii.Error, ValueError):
                     raise bad_request(f"load parameter '{key}' is not valid base64") from None
-            else:
-                raise bad_request(
-                    f"unknown load parameter '{key}'; expected 'config' or 'file:<path>'"
-                )
-        await self.server.load(name, config, files or None)
+        await self.server.load_with_parameters(name, params)
         return Response(200)
 
     async def unload(self, req: Request, repo: str, name: str) -> Response:
         if repo:
             raise unsupported("'repository_name' specification is not supported")
-        dependents = self._parameters(req, "unload request").get("unload_dependents", False)
-        if not isinstance(dependents, bool):
-            raise bad_request("Unable to parse 'unload_dependents': expected a bool")
-        await self.server.unload(name, dependents)
+        params = self._parameters(req, "unload request")
+        await self.server.unload_with_parameters(name, params)
         return Response(200)
 
     def _parameters(self, req: Request, what: str) -> dict[str, Any]:
@@ -284,7 +272,7 @@ class Api:
             raise bad_request("missing region name in the register request path")
         doc = self._json(req, "shared memory register request")
         key = doc.get("key")
-        if not isinstance(key, str) or not key:
+        if not isinstance(key, str):  # what the key may name is the core's to say
             raise bad_request("the register request needs a string 'key' (the shm object name)")
         offset, size = _counts(doc, offset=0, byte_size=None)
         registry.register(region, key, offset, size)
