@@ -432,3 +432,59 @@ async def test_python_instances_initialize_one_at_a_time(tmp_path: Path) -> None
         np.testing.assert_array_equal(out["OUT"], [[1.0]])
     finally:
         await s.stop()
+
+
+async def test_python_models_import_their_own_helpers(tmp_path: Path) -> None:
+    """Two models that each ship utils.py (and helpers beside it) see their own, at import,
+    in initialize() (pickle, importlib) and lazily in execute(); instances do not share them."""
+    import sys
+
+    from tests.models import HELPERS_OUT_LEN, write_helpers_model
+
+    write_helpers_model(tmp_path, "helpers_a", 1)
+    write_helpers_model(tmp_path, "helpers_b", 2)
+    s = InferenceServer(ServerOptions([tmp_path], gpu_count=0))
+    await s.start()
+    try:
+        assert {e["name"]: e["state"] for e in s.repository_index()} == {
+            "helpers_a": "READY",
+            "helpers_b": "READY",
+        }, s.repository_index()
+        for name, value in (("helpers_a", 1), ("helpers_b", 2)):
+            for _ in range(4):  # both instances
+                out = await s.infer_numpy(name, {"IN": np.zeros(1, np.float32)})
+                assert out["OUT"].tolist() == [value] * (HELPERS_OUT_LEN - 1) + [1], name
+        for bare in ("utils", "helpers", "lazy_helper", "shared"):
+            assert bare not in sys.modules  # nothing leaks under a bare name
+    finally:
+        await s.stop()
+    assert not [m for m in sys.modules if m.startswith("_torchtide_helpers")]
+
+
+async def test_python_reload_reads_changed_helpers(tmp_path: Path) -> None:
+    """A reload imports model.py and utils.py again, even when an edit keeps the file's size
+    and modification time (a bytecode cache would be taken as fresh)."""
+    import os
+
+    from tests.models import HELPERS_OUT_LEN, helper_files, write_helpers_model
+
+    d = write_helpers_model(tmp_path, "helpers", 1)
+    s = InferenceServer(ServerOptions([tmp_path], gpu_count=0, control_mode="explicit"))
+    await s.start()
+    try:
+        await s.load("helpers")
+        out = await s.infer_numpy("helpers", {"IN": np.zeros(1, np.float32)})
+        assert out["OUT"].tolist() == [1] * (HELPERS_OUT_LEN - 1) + [1]
+        files = helper_files(7)
+        files["1/model.py"] = str(files["1/model.py"]).replace("SCALE = 1", "SCALE = 2")
+        for rel, content in files.items():
+            p = d / rel
+            st = p.stat()
+            p.write_bytes(content if isinstance(content, bytes) else content.encode())
+            assert p.stat().st_size == st.st_size
+            os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+        await s.load("helpers")
+        out = await s.infer_numpy("helpers", {"IN": np.zeros(1, np.float32)})
+        assert out["OUT"].tolist() == [14] + [7] * (HELPERS_OUT_LEN - 2) + [1]
+    finally:
+        await s.stop()
