@@ -227,3 +227,27 @@ def pickled_utils_thing() -> bytes:
 
 def write_helpers_model(repo: Path, name: str, value: int) -> Path:
     return write_model(repo, name, HELPERS_CONFIG, helper_files(value))
+
+
+def onnx_graph(
+    inputs: dict[str, list[int | None]], output_shape: list[int | None], elem: str = "FLOAT"
+) -> bytes:
+    """A one-node ONNX graph: OUT = Relu(x), or Sum of every input; shapes as given (None:
+    a symbolic dimension)."""
+    from onnx import TensorProto, helper
+
+    t = getattr(TensorProto, elem)
+    names = list(inputs)
+    node = (
+        helper.make_node("Relu", names, ["y"])
+        if len(names) == 1
+        else helper.make_node("Sum", names, ["y"])
+    )
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info(n, t, s) for n, s in inputs.items()],
+        [helper.make_tensor_value_info("y", t, output_shape)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    return bytes(model.SerializeToString())
