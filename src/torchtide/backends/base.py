@@ -82,6 +82,7 @@ class ModelInstance(ABC):
 
 class Backend(ABC):
     name: str
+    completes_from = "the model file"  # what auto_complete reads, for messages
 
     def auto_complete(self, cfg: ModelConfig, model_file: Path, model_dir: Path) -> None:  # noqa: B027
         """Fill missing inputs/outputs (and batching) from the model file."""

@@ -72,6 +72,7 @@ def import_model_module(package: ModelPackage) -> ModuleType:
 
 class PythonBackend(Backend):
     name = "python"
+    completes_from = "auto_complete_config() in model.py"
 
     def auto_complete(self, cfg: ModelConfig, model_file: Path, model_dir: Path) -> None:
         if not model_file.is_file():
