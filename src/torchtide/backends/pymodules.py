@@ -19,15 +19,18 @@ then the model folder:
   the same size would otherwise be missed, and the repository may be read-only).
 
 Code outside the model's files that imports a bare name (pickle and torch.load finding a
-class in utils.py, importlib.import_module("utils")) cannot see the hook. While the model is
-imported and initialized (one model at a time, on one thread), a finder placed last on
-sys.meta_path answers such names with the model's own module, as Triton's sys.path would
-(installed modules first), and the alias is removed from sys.modules afterwards.
+class of utils.py, importlib.import_module("utils")) looks in sys.modules and on sys.path, where
+the model's files are not. While the model is imported and initialized (one model at a time,
+on the loading thread), such names are answered with the model's own modules: the package's
+`__import__` also enters the bare names it resolved into sys.modules (pickle reads
+sys.modules after importing), and a finder placed last on sys.meta_path answers names nothing
+installed holds, as Triton's sys.path would. Those entries are removed when initialize() ends.
 
-Limits: outside import and initialize() (in execute(), or from threads the model starts),
-such indirect imports of the model's files fail with ModuleNotFoundError; `exec`/`eval` of
-code with globals that carry no `__builtins__` use the ordinary import; names added to the
-builtins module after the model was imported are not seen as bare names in its code.
+Limits: after initialize() (in execute(), or from threads the model started), such indirect
+imports of the model's files fail (ModuleNotFoundError, or KeyError from pickle);
+`exec`/`eval` of code with globals that carry no `__builtins__` use the ordinary import;
+names added to the builtins module after the model was imported are not seen as bare names
+in its code.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from typing import Any
 _REAL_IMPORT = builtins.__import__
 _counter = itertools.count(1)
 _packages: dict[str, ModelPackage] = {}  # package name -> package; read by the finders
-_registry_lock = threading.Lock()
+_registry_lock = threading.RLock()
 
 
 class ModelPackage:
@@ -216,7 +219,9 @@ class _AliasFinder(importlib.abc.MetaPathFinder):
     ) -> importlib.machinery.ModuleSpec | None:
         if path is not None:
             return None
-        for package in list(_packages.values()):
+        with _registry_lock:
+            packages = list(_packages.values())
+        for package in packages:
             alias = package.alias_target(fullname)
             if alias is not None:
                 return importlib.util.spec_from_loader(fullname, _AliasLoader(alias))
