@@ -439,21 +439,25 @@ async def test_python_models_import_their_own_helpers(tmp_path: Path) -> None:
     in initialize() (pickle, importlib) and lazily in execute(); instances do not share them."""
     import sys
 
-    from tests.models import HELPERS_OUT_LEN, write_helpers_model
+    from tests.models import HELPERS_CONFIG, HELPERS_OUT_LEN, helper_files, write_helpers_model
 
     write_helpers_model(tmp_path, "helpers_a", 1)
     write_helpers_model(tmp_path, "helpers_b", 2)
+    # two versions of one model, both served: each version its own utils.py
+    files = {**helper_files(3, "1"), **helper_files(4, "2")}
+    write_model(tmp_path, "helpers_v", HELPERS_CONFIG + "version_policy { all {} }", files)
     s = InferenceServer(ServerOptions([tmp_path], gpu_count=0))
     await s.start()
     try:
-        assert {e["name"]: e["state"] for e in s.repository_index()} == {
-            "helpers_a": "READY",
-            "helpers_b": "READY",
-        }, s.repository_index()
+        states = {(e["name"], e["version"]): e["state"] for e in s.repository_index()}
+        assert set(states.values()) == {"READY"} and len(states) == 4, s.repository_index()
         for name, value in (("helpers_a", 1), ("helpers_b", 2)):
             for _ in range(4):  # both instances
                 out = await s.infer_numpy(name, {"IN": np.zeros(1, np.float32)})
                 assert out["OUT"].tolist() == [value] * (HELPERS_OUT_LEN - 1) + [1], name
+        for version, value in (("1", 3), ("2", 4)):
+            out = await s.infer_numpy("helpers_v", {"IN": np.zeros(1, np.float32)}, version=version)
+            assert out["OUT"].tolist()[:-2] == [value] * (HELPERS_OUT_LEN - 2), version
         for bare in ("utils", "helpers", "lazy_helper", "shared"):
             assert bare not in sys.modules  # nothing leaks under a bare name
     finally:

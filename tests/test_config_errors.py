@@ -319,7 +319,10 @@ def contradicting(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[
     import torch
 
     from tests.models import onnx_graph
-    from tests.test_backends import TwoArgs
+
+    class TwoArgs(torch.nn.Module):
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return x * 2 + y, x - y
 
     repo = tmp_path_factory.mktemp("contradicting")
     for name, config, ins, out, _ in CONTRADICTIONS:
