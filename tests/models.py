@@ -138,3 +138,116 @@ def standard_repository(repo: Path) -> Path:
     write_identity(repo)
     write_torchscript_linear(repo)
     return repo
+
+
+# A Python model whose helpers live beside it, as in real Triton repositories: utils.py (bare
+# `import utils` and `from utils import ...` at module level and lazily in execute()), a
+# relative import, a helper package, a shared file in the model folder, and a pickle of a
+# class from utils.py read in initialize(). OUT = every helper's VALUE, then the instance's
+# own initialize count (1 unless instances shared utils).
+HELPERS_CONFIG = """
+backend: "python"
+input [{ name: "IN" data_type: TYPE_FP32 dims: [1] }]
+output [{ name: "OUT" data_type: TYPE_FP32 dims: [-1] }]
+instance_group [{ count: 2 kind: KIND_CPU }]
+"""
+
+HELPERS_PY = '''
+import importlib
+import os
+import pickle
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+import utils
+from utils import VALUE
+from . import utils as relative_utils
+from helpers.inner import INNER
+import shared
+
+SCALE = 1
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        utils.INITIALIZED.append(args["model_instance_name"])
+        self.count = len(utils.INITIALIZED)
+        folder = os.path.join(args["model_repository"], args["model_version"])
+        with open(os.path.join(folder, "thing.pkl"), "rb") as f:
+            self.thing = pickle.load(f)  # pickle imports the bare name "utils"
+        self.by_name = importlib.import_module("utils").VALUE
+
+    def execute(self, requests):
+        import lazy_helper
+        from utils import VALUE as lazy_value
+
+        values = [VALUE * SCALE, utils.VALUE, relative_utils.VALUE, INNER, lazy_helper.VALUE,
+                  lazy_value, self.thing.value(), self.by_name, shared.VALUE, self.count]
+        out = np.array(values, dtype=np.float32)
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUT", out)]) for _ in requests]
+'''
+
+HELPERS_OUT_LEN = 10
+
+
+def helper_files(value: int, version: str = "1") -> dict[str, str | bytes]:
+    """The version folder's helpers, each giving `value` (same sizes for every one-digit value)."""
+    return {
+        f"{version}/model.py": HELPERS_PY,
+        f"{version}/utils.py": f"VALUE = {value}\nINITIALIZED = []\n\n"
+        "class Thing:\n    def value(self):\n        return VALUE\n",
+        f"{version}/helpers/__init__.py": "",
+        f"{version}/helpers/inner.py": f"INNER = {value}\n",
+        f"{version}/lazy_helper.py": f"VALUE = {value}\n",
+        f"{version}/thing.pkl": pickled_utils_thing(),
+        "shared.py": f"VALUE = {value}\n",
+    }
+
+
+def pickled_utils_thing() -> bytes:
+    """A pickle of `utils.Thing()`, made the way a training script beside utils.py makes it."""
+    import pickle
+    import sys
+    import types
+
+    module = types.ModuleType("utils")
+    exec("class Thing:\n    pass\n", module.__dict__)
+    module.Thing.__module__ = "utils"
+    saved = sys.modules.get("utils")
+    sys.modules["utils"] = module
+    try:
+        return pickle.dumps(module.Thing())
+    finally:
+        if saved is None:
+            del sys.modules["utils"]
+        else:
+            sys.modules["utils"] = saved
+
+
+def write_helpers_model(repo: Path, name: str, value: int) -> Path:
+    return write_model(repo, name, HELPERS_CONFIG, helper_files(value))
+
+
+def onnx_graph(
+    inputs: dict[str, list[int | None]], output_shape: list[int | None], elem: str = "FLOAT"
+) -> bytes:
+    """A one-node ONNX graph: OUT = Relu(x), or Sum of every input; shapes as given (None:
+    a symbolic dimension)."""
+    from onnx import TensorProto, helper
+
+    t = getattr(TensorProto, elem)
+    names = list(inputs)
+    node = (
+        helper.make_node("Relu", names, ["y"])
+        if len(names) == 1
+        else helper.make_node("Sum", names, ["y"])
+    )
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info(n, t, s) for n, s in inputs.items()],
+        [helper.make_tensor_value_info("y", t, output_shape)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    return bytes(model.SerializeToString())

@@ -432,3 +432,165 @@ async def test_python_instances_initialize_one_at_a_time(tmp_path: Path) -> None
         np.testing.assert_array_equal(out["OUT"], [[1.0]])
     finally:
         await s.stop()
+
+
+async def test_python_models_import_their_own_helpers(tmp_path: Path) -> None:
+    """Two models that each ship utils.py (and helpers beside it) see their own, at import,
+    in initialize() (pickle, importlib) and lazily in execute(); instances do not share them."""
+    import sys
+
+    from tests.models import HELPERS_CONFIG, HELPERS_OUT_LEN, helper_files, write_helpers_model
+
+    write_helpers_model(tmp_path, "helpers_a", 1)
+    write_helpers_model(tmp_path, "helpers_b", 2)
+    # two versions of one model, both served: each version its own utils.py
+    files = {**helper_files(3, "1"), **helper_files(4, "2")}
+    write_model(tmp_path, "helpers_v", HELPERS_CONFIG + "version_policy { all {} }", files)
+    s = InferenceServer(ServerOptions([tmp_path], gpu_count=0))
+    await s.start()
+    try:
+        states = {(e["name"], e["version"]): e["state"] for e in s.repository_index()}
+        assert set(states.values()) == {"READY"} and len(states) == 4, s.repository_index()
+        for name, value in (("helpers_a", 1), ("helpers_b", 2)):
+            for _ in range(4):  # both instances
+                out = await s.infer_numpy(name, {"IN": np.zeros(1, np.float32)})
+                assert out["OUT"].tolist() == [value] * (HELPERS_OUT_LEN - 1) + [1], name
+        for version, value in (("1", 3), ("2", 4)):
+            out = await s.infer_numpy("helpers_v", {"IN": np.zeros(1, np.float32)}, version=version)
+            assert out["OUT"].tolist()[:-2] == [value] * (HELPERS_OUT_LEN - 2), version
+        for bare in ("utils", "helpers", "lazy_helper", "shared"):
+            assert bare not in sys.modules  # nothing leaks under a bare name
+    finally:
+        await s.stop()
+    assert not [m for m in sys.modules if m.startswith("_torchtide_helpers")]
+
+
+async def test_python_reload_reads_changed_helpers(tmp_path: Path) -> None:
+    """A reload imports model.py and utils.py again, even when an edit keeps the file's size
+    and modification time (a bytecode cache would be taken as fresh)."""
+    import os
+
+    from tests.models import HELPERS_OUT_LEN, helper_files, write_helpers_model
+
+    d = write_helpers_model(tmp_path, "helpers", 1)
+    s = InferenceServer(ServerOptions([tmp_path], gpu_count=0, control_mode="explicit"))
+    await s.start()
+    try:
+        await s.load("helpers")
+        out = await s.infer_numpy("helpers", {"IN": np.zeros(1, np.float32)})
+        assert out["OUT"].tolist() == [1] * (HELPERS_OUT_LEN - 1) + [1]
+        files = helper_files(7)
+        files["1/model.py"] = str(files["1/model.py"]).replace("SCALE = 1", "SCALE = 2")
+        for rel, content in files.items():
+            p = d / rel
+            st = p.stat()
+            p.write_bytes(content if isinstance(content, bytes) else content.encode())
+            assert p.stat().st_size == st.st_size
+            os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+        await s.load("helpers")
+        out = await s.infer_numpy("helpers", {"IN": np.zeros(1, np.float32)})
+        assert out["OUT"].tolist() == [14] + [7] * (HELPERS_OUT_LEN - 2) + [1]
+    finally:
+        await s.stop()
+
+
+def test_client_errors_are_one_line_over_http_and_grpc(repo: Path) -> None:
+    """A TorchScript failure reaches the client as the one line that says what went wrong (no
+    script traceback, no server file path); a batch-size limit auto-completed from the model
+    says where it came from."""
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    from tests.conftest import start_app
+
+    cases = [
+        ("picky", "INPUT__0", np.full((1, 2), -1.0, np.float32), "ValueError: negative input"),
+        (
+            "onnx_auto",
+            "x",
+            f32(5, 3),
+            "[request id: <id_unknown>] inference request batch-size must be <= 4 for "
+            "'onnx_auto' (max_batch_size auto-completed from the ONNX graph)",
+        ),
+        (
+            "exported",
+            "x",
+            f32(5, 3),
+            "[request id: <id_unknown>] inference request batch-size must be <= 4 for "
+            "'exported' (max_batch_size auto-completed from the torch.export program)",
+        ),
+        (
+            "py_auto",
+            "IN",
+            np.zeros((9, 2), np.int64),
+            "[request id: <id_unknown>] inference request batch-size must be <= 8 for "
+            "'py_auto' (max_batch_size auto-completed from auto_complete_config() in model.py)",
+        ),
+    ]
+    app = start_app(repo)
+    try:
+        for module in (httpclient, grpcclient):
+            url = f"127.0.0.1:{app.app.port('http' if module is httpclient else 'grpc')}"
+            client: Any = module.InferenceServerClient(url)
+            try:
+                for model, name, arr, expected in cases:
+                    inputs = [module.InferInput(name, list(arr.shape), "FP32")]
+                    if arr.dtype == np.int64:
+                        inputs[0] = module.InferInput(name, list(arr.shape), "INT64")
+                    inputs[0].set_data_from_numpy(arr)
+                    if model in ("onnx_auto", "exported"):
+                        y = module.InferInput("y", list(arr.shape), "FP32")
+                        y.set_data_from_numpy(arr)
+                        inputs.append(y)
+                    with pytest.raises(InferenceServerException) as e:
+                        client.infer(model, inputs)
+                    assert e.value.message() == expected, (module.__name__, model)
+            finally:
+                client.close()
+    finally:
+        app.stop()
+
+
+async def test_model_traceback_goes_to_the_verbose_log(
+    server: InferenceServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.log_settings.update({"log_verbose_level": 1})
+    try:
+        with caplog.at_level("DEBUG", logger="torchtide.backends"), pytest.raises(ServerError) as e:
+            await server.infer_numpy("picky", {"INPUT__0": np.full((1, 2), -1.0, np.float32)})
+    finally:
+        server.log_settings.update({"log_verbose_level": 0})
+    assert e.value.message == "ValueError: negative input"
+    records = [r for r in caplog.records if r.name == "torchtide.backends" and r.exc_info]
+    assert records and records[0].levelname == "DEBUG"
+    assert records[0].getMessage().startswith("model 'picky' instance 'picky_0_")
+    assert "Traceback of TorchScript" in str(records[0].exc_info[1])  # type: ignore[index]
+
+
+def test_one_line_keeps_the_message_and_drops_the_rest() -> None:
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from torchtide.backends.base import MAX_MESSAGE, one_line
+
+    torchscript = (
+        "The following operation failed in the TorchScript interpreter.\n"
+        "Traceback of TorchScript (most recent call last):\n"
+        '  File "/srv/models/m/1/code.py", line 5, in forward\n'
+        "builtins.ValueError: negative input\n"
+    )
+    assert one_line(RuntimeError(torchscript)) == "ValueError: negative input"
+    assert one_line(RuntimeError("bad shape\nException raised from f at /src/x.cpp:1")) == (
+        "RuntimeError: bad shape"
+    )
+    assert one_line(ValueError("a\n  b\n")) == "ValueError: a b"
+    assert one_line(KeyError()) == "KeyError"
+
+    @given(st.text())
+    def one_line_always(text: str) -> None:
+        line = one_line(RuntimeError(text))
+        assert line and len(line) <= MAX_MESSAGE
+        assert not any(c in line for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+
+    one_line_always()

@@ -244,3 +244,189 @@ def test_check_command_exit_codes(
     assert main(["check", str(good)]) == 0
     assert "1 ready, 0 broken" in capsys.readouterr().out
     assert main(["check", str(tmp_path / "missing")]) == 2
+
+
+# ------------------------------------------------------------------ configs that contradict
+# the model file: refused at load (Triton's onnxruntime backend refuses them too), with the
+# file, the tensor and both values named. {file} = the model file.
+
+BATCH_NOTE = "after the batch dimension that max_batch_size > 0 adds"
+
+
+def onnx_config(mbs: int, inputs: str, output: str = 'name: "y" data_type: TYPE_FP32 dims: [4]') -> str:
+    return (
+        f'backend: "onnxruntime"\nmax_batch_size: {mbs}\ninput [{inputs}]\noutput [{{ {output} }}]'
+    )
+
+
+X4 = '{ name: "x" data_type: TYPE_FP32 dims: [4] }'
+CONTRADICTIONS = [
+    (
+        "onnx_dims",
+        onnx_config(4, '{ name: "x" data_type: TYPE_FP32 dims: [5] }'),
+        {"x": [None, 4]},
+        [None, 4],
+        f"{{file}}: input 'x': the model expects shape [-1,4] but the configuration specifies "
+        f"[-1,5] (dims [5] {BATCH_NOTE})",
+    ),
+    (
+        "onnx_dtype",
+        onnx_config(4, '{ name: "x" data_type: TYPE_INT32 dims: [4] }'),
+        {"x": [None, 4]},
+        [None, 4],
+        "{file}: input 'x': configuration expects datatype TYPE_INT32, the model provides "
+        "TYPE_FP32",
+    ),
+    (
+        "onnx_output_dims",
+        onnx_config(4, X4, 'name: "y" data_type: TYPE_FP32 dims: [3]'),
+        {"x": [None, 4]},
+        [None, 4],
+        f"{{file}}: output 'y': the model expects shape [-1,4] but the configuration specifies "
+        f"[-1,3] (dims [3] {BATCH_NOTE})",
+    ),
+    (
+        "onnx_fixed_batch",
+        onnx_config(4, X4),
+        {"x": [1, 4]},
+        [1, 4],
+        "{file}: input 'x': max_batch_size is 4, so the model's first dimension must be a "
+        "variable batch dimension, but the model's shape is [1,4]",
+    ),
+    (
+        "onnx_rank",
+        onnx_config(0, X4, 'name: "y" data_type: TYPE_FP32 dims: [-1, 4]'),
+        {"x": [None, 4]},
+        [None, 4],
+        "{file}: input 'x': the model expects shape [-1,4] but the configuration specifies [4]",
+    ),
+    (
+        "onnx_missing_input",
+        onnx_config(4, X4),
+        {"x": [None, 4], "z": [None, 4]},
+        [None, 4],
+        "{file}: the model's input 'z' is not in the configuration (configuration inputs: x)",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def contradicting(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict[str, str]]]:
+    """ONNX graphs, a torch.export program and TorchScript modules under configs that
+    contradict them (and one TorchScript model that loads), served once."""
+    import asyncio
+
+    import torch
+
+    from tests.models import onnx_graph
+
+    class TwoArgs(torch.nn.Module):
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return x * 2 + y, x - y
+
+    repo = tmp_path_factory.mktemp("contradicting")
+    for name, config, ins, out, _ in CONTRADICTIONS:
+        write_model(repo, name, config, {"1/model.onnx": onnx_graph(ins, out)})
+
+    batch = torch.export.Dim("batch", min=1, max=64)
+    ep = torch.export.export(
+        TwoArgs(),
+        (torch.randn(2, 3), torch.randn(2, 3)),
+        dynamic_shapes={"x": {0: batch}, "y": {0: batch}},
+    )
+    for name, x_type, out_dims in (
+        ("export_dtype", "TYPE_INT64", "[3]"),
+        ("export_output_dims", "TYPE_FP32", "[2]"),
+    ):
+        d = write_model(repo, name, f"""
+            platform: "torch_export"
+            max_batch_size: 8
+            input [{{ name: "x" data_type: {x_type} dims: [3] }},
+                   {{ name: "y" data_type: TYPE_FP32 dims: [3] }}]
+            output [{{ name: "OUTPUT__0" data_type: TYPE_FP32 dims: [3] }},
+                    {{ name: "OUTPUT__1" data_type: TYPE_FP32 dims: {out_dims} }}]
+            """, {})
+        (d / "1").mkdir()
+        torch.export.save(ep, str(d / "1" / "model.pt2"))
+
+    torch.manual_seed(0)
+    scripted = {
+        # the issue's example: config [-1,2], the model returns [N,3]
+        "ts_output_shape": (torch.nn.Linear(4, 3), 0, "[-1, 4]", "[-1, 2]", ""),
+        # every size is the config's own: a failure is conclusive
+        "ts_fixed_fails": (torch.nn.Linear(4, 2), 8, "[5]", "[2]", ""),
+        # a -1 dimension had to be guessed (1): a failure is logged, the model loads
+        "ts_guessed_fails": (torch.nn.Linear(4, 2), 8, "[-1]", "[2]", ""),
+        # model_warmup replaces the zero-data check
+        "ts_warmup": (torch.nn.Linear(4, 3), 8, "[4]", "[2]", """
+            model_warmup [{ name: "w" batch_size: 1
+                            inputs { key: "INPUT__0" value { data_type: TYPE_FP32 dims: [4]
+                                                              zero_data: true } } }]"""),
+        "ts_good": (torch.nn.Linear(4, 2), 8, "[4]", "[2]", ""),
+    }
+    for name, (module, mbs, in_dims, out_dims, extra) in scripted.items():
+        d = write_model(repo, name, f"""
+            platform: "pytorch_libtorch"
+            max_batch_size: {mbs}
+            input [{{ name: "INPUT__0" data_type: TYPE_FP32 dims: {in_dims} }}]
+            output [{{ name: "OUTPUT__0" data_type: TYPE_FP32 dims: {out_dims} }}]
+            {extra}
+            """, {})
+        (d / "1").mkdir()
+        torch.jit.script(module).save(str(d / "1" / "model.pt"))
+
+    async def run() -> dict[str, dict[str, str]]:
+        s = InferenceServer(ServerOptions([repo], gpu_count=0))
+        await s.start()
+        try:
+            return {e["name"]: e for e in s.repository_index()}
+        finally:
+            await s.stop()
+
+    return repo, asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    "name,expected", [(c[0], c[4]) for c in CONTRADICTIONS], ids=[c[0] for c in CONTRADICTIONS]
+)
+def test_config_contradicting_onnx_graph_is_refused(
+    contradicting: tuple[Path, dict[str, dict[str, str]]], name: str, expected: str
+) -> None:
+    repo, index = contradicting
+    assert index[name]["state"] == "UNAVAILABLE"
+    assert index[name]["reason"] == expected.format(file=repo / name / "1" / "model.onnx")
+
+
+def test_config_contradicting_export_signature_is_refused(
+    contradicting: tuple[Path, dict[str, dict[str, str]]],
+) -> None:
+    repo, index = contradicting
+    assert index["export_dtype"]["reason"] == (
+        f"{repo}/export_dtype/1/model.pt2: input 'x': configuration expects datatype "
+        "TYPE_INT64, the model provides TYPE_FP32"
+    )
+    assert index["export_output_dims"]["reason"] == (
+        f"{repo}/export_output_dims/1/model.pt2: output 'OUTPUT__1': the model expects shape "
+        f"[-1,3] but the configuration specifies [-1,2] (dims [2] {BATCH_NOTE})"
+    )
+
+
+def test_torchscript_checked_by_one_zero_data_request(
+    contradicting: tuple[Path, dict[str, dict[str, str]]],
+) -> None:
+    repo, index = contradicting
+    assert index["ts_output_shape"]["state"] == "UNAVAILABLE"
+    assert index["ts_output_shape"]["reason"] == (
+        f"{repo}/ts_output_shape/1/model.pt: output 'OUTPUT__0': for a zero-filled request "
+        "(INPUT__0 [1,4]) the model returned shape [1,3], but the configuration specifies "
+        "[-1,2]"
+    )
+    reason = index["ts_fixed_fails"]["reason"]
+    assert reason.startswith(
+        f"{repo}/ts_fixed_fails/1/model.pt: a zero-filled request (INPUT__0 [1,5]) of the "
+        "configured shapes failed: RuntimeError: "
+    ), reason
+    assert "\n" not in reason and "Traceback" not in reason
+    assert reason.endswith("(give model_warmup samples the model accepts to check it with them instead)")
+    for name in ("ts_guessed_fails", "ts_warmup", "ts_good"):
+        assert index[name]["state"] == "READY", index[name]

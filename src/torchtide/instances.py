@@ -6,6 +6,7 @@ torch and ONNX Runtime release the GIL while they compute, so two instances real
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 from collections.abc import Callable
@@ -59,7 +60,10 @@ class InstanceRunner:
         fut: asyncio.Future[T] = loop.create_future()
 
         def reply(result: Any, error: BaseException | None) -> None:
-            loop.call_soon_threadsafe(_settle, fut, result, error)
+            # The loop may have closed while this ran (a sibling instance's load failed and the
+            # server stopped): then nobody waits for the answer.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, fut, result, error)
 
         self._queue.put((fn, args, reply))
         return fut

@@ -3,7 +3,7 @@ read, auto-completed and validated before anything loads."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from torchtide import config as cfgmod
@@ -67,6 +67,8 @@ class Prepared:
     backend: Backend
     versions: list[int]
     model_files: dict[int, Path]
+    # config fields auto-complete filled -> what they were read from ("the ONNX graph")
+    completed: dict[str, str] = field(default_factory=dict)
 
 
 def prepare(
@@ -110,7 +112,9 @@ def prepare(
             raise ConfigError(
                 f"{source}: default_model_filename: model file '{v}/{f.name}' not found"
             )
+    completed: dict[str, str] = {}
     if auto_complete:
+        max_batch_size = cfg.max_batch_size
         try:
             backend.auto_complete(cfg, files[versions[-1]], model_dir)
         except ConfigError:
@@ -120,6 +124,8 @@ def prepare(
                 f"{files[versions[-1]]}: cannot read the model to complete its config: "
                 f"{type(e).__name__}: {e}"
             ) from None
+        if cfg.max_batch_size != max_batch_size:
+            completed["max_batch_size"] = backend.completes_from
         cfgmod.complete_defaults(cfg, name, backend_name, gpu_count, cpu_count)
     cfgmod.validate(cfg, source, gpu_count)
-    return Prepared(cfg, backend, versions, files)
+    return Prepared(cfg, backend, versions, files, completed)

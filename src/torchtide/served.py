@@ -39,8 +39,12 @@ class ServedVersion:
         model_dir: Path,
         *,
         histograms: bool = True,
+        completed: dict[str, str] | None = None,
     ) -> None:
         self.config = config
+        # Where a limit came from auto-complete, its messages say so.
+        source = (completed or {}).get("max_batch_size")
+        self._batch_note = f" (max_batch_size auto-completed from {source})" if source else ""
         self.spec = ModelSpec.of(config)
         self.version = version
         self.version_str = str(version)
@@ -112,7 +116,7 @@ class ServedVersion:
         if batched and rows > spec.max_batch_size:
             raise invalid_arg(
                 f"[request id: {rid}] inference request batch-size must be <= "
-                f"{spec.max_batch_size} for '{spec.name}'"
+                f"{spec.max_batch_size} for '{spec.name}'{self._batch_note}"
             )
         if req.outputs is None:
             names = self._all_outputs

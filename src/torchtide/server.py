@@ -487,6 +487,7 @@ class InferenceServer:
                     version_runners,
                     model_dir,
                     histograms=self.options.latency_histograms,
+                    completed=prepared.completed,
                 )
         except BaseException:
             await asyncio.gather(*(r.close() for r in runners), return_exceptions=True)

@@ -7,6 +7,8 @@ Instances run on their own thread; nothing here touches the event loop.
 
 from __future__ import annotations
 
+import logging
+import re
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -18,6 +20,8 @@ import numpy as np
 from torchtide import batching
 from torchtide.config import ModelConfig, ModelSpec
 from torchtide.errors import ServerError, Status, internal
+
+log = logging.getLogger("torchtide.backends")
 
 Array = np.ndarray[Any, Any]
 Outputs = dict[str, Array]
@@ -78,6 +82,7 @@ class ModelInstance(ABC):
 
 class Backend(ABC):
     name: str
+    completes_from = "the model file"  # what auto_complete reads, for messages
 
     def auto_complete(self, cfg: ModelConfig, model_file: Path, model_dir: Path) -> None:  # noqa: B027
         """Fill missing inputs/outputs (and batching) from the model file."""
@@ -91,6 +96,7 @@ class TensorInstance(ModelInstance):
     requests fails, retry each alone so only the culprits fail (beyond Triton)."""
 
     batched: bool = True
+    label: str = ""  # "<model> instance <name>", for the server log
 
     @abstractmethod
     def run(self, inputs: dict[str, Array], output_names: list[str]) -> Outputs: ...
@@ -104,14 +110,14 @@ class TensorInstance(ModelInstance):
             results: list[Result] = list(self._run_batch(live, names, timing))
         except Exception as e:
             if len(live) == 1:
-                results = [_as_error(e)]
+                results = [self._as_error(e)]
             else:
                 results = []
                 for w in live:
                     try:
                         results.extend(self._run_batch([w], names, timing))
                     except Exception as e1:
-                        results.append(_as_error(e1))
+                        results.append(self._as_error(e1))
         it = iter(results)
         return [_cancelled() if w.cancelled else next(it) for w in work]
 
@@ -127,6 +133,12 @@ class TensorInstance(ModelInstance):
         timing.output_ns += time.perf_counter_ns() - t2
         return parts
 
+    def _as_error(self, e: Exception) -> ServerError:
+        if isinstance(e, ServerError):
+            return e
+        log.debug("%s: execute failed", self.label or type(self).__name__, exc_info=e)
+        return internal(one_line(e))
+
 
 def _union_outputs(work: list[Work]) -> list[str]:
     names: dict[str, None] = {}
@@ -139,7 +151,30 @@ def _cancelled() -> ServerError:
     return ServerError(Status.CANCELLED, "request cancelled")
 
 
-def _as_error(e: Exception) -> ServerError:
-    if isinstance(e, ServerError):
-        return e
-    return internal(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+MAX_MESSAGE = 1000  # characters of a model's error message sent to a client
+_EXC_NAME = re.compile(r"^(?:builtins\.)?([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)): ")
+
+
+def one_line(e: BaseException) -> str:
+    """What went wrong, in one line for a client; the traceback belongs in the server log.
+
+    A TorchScript error carries the script's traceback (with the server's file paths) and
+    ends with the line that matters, "builtins.ValueError: negative input"; a C++ error may
+    carry "Exception raised from ..." frames. Those keep only the message; other multi-line
+    messages (ONNX Runtime's) are joined into one line.
+    """
+    text = str(e).split("Exception raised from ", 1)[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    if "Traceback" in text:
+        lines = lines[-1:]
+    message = " ".join(lines)
+    named = _EXC_NAME.match(message)
+    if named:
+        message = f"{named.group(1).rsplit('.', 1)[-1]}: {message[named.end() :]}"
+    elif not isinstance(e, ServerError):
+        message = f"{type(e).__name__}: {message}"
+    if len(message) > MAX_MESSAGE:
+        message = message[: MAX_MESSAGE - 3] + "..."
+    return message

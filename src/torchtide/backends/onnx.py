@@ -12,6 +12,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from torchtide import dtypes
 from torchtide.backends.base import Array, Backend, LoadContext, Outputs, TensorInstance
+from torchtide.backends.checks import ModelTensor, check_required, check_tensor
 from torchtide.config import ConfigError, ModelConfig, parameter
 
 DEFAULT_AUTOCOMPLETE_MAX_BATCH = 4  # Triton's default-max-batch-size
@@ -67,6 +68,7 @@ def _providers(device: str) -> list[Any]:
 
 class OnnxBackend(Backend):
     name = "onnxruntime"
+    completes_from = "the ONNX graph"
 
     def auto_complete(self, cfg: ModelConfig, model_file: Path, model_dir: Path) -> None:
         if cfg.input and cfg.output:
@@ -110,20 +112,8 @@ class OnnxInstance(TensorInstance):
             _session_options(ctx.config),
             providers=_providers(ctx.instance.device),
         )
-        graph_inputs = {a.name: a for a in self.session.get_inputs()}
-        graph_outputs = {a.name for a in self.session.get_outputs()}
-        for name in ctx.spec.inputs:
-            if name not in graph_inputs:
-                raise ConfigError(
-                    f"{ctx.model_file}: input '{name}' is not an input of the model "
-                    f"(graph inputs: {', '.join(graph_inputs)})"
-                )
-        for name in ctx.spec.outputs:
-            if name not in graph_outputs:
-                raise ConfigError(
-                    f"{ctx.model_file}: output '{name}' is not an output of the model "
-                    f"(graph outputs: {', '.join(sorted(graph_outputs))})"
-                )
+        self.label = f"model '{ctx.spec.name}' instance '{ctx.instance.name}'"
+        check_graph(self.session, ctx)
         self.spec = ctx.spec
 
     def run(self, inputs: dict[str, Array], output_names: list[str]) -> Outputs:
@@ -136,3 +126,41 @@ class OnnxInstance(TensorInstance):
                 arr = np.vectorize(lambda s: s.encode("utf-8"), otypes=[object])(arr)
             out[name] = arr
         return out
+
+
+def _model_tensor(arg: Any) -> ModelTensor:
+    shape = arg.shape
+    return ModelTensor(
+        wire=_ORT_WIRE.get(arg.type),
+        shape=None
+        if shape is None
+        else tuple(d if isinstance(d, int) and d > 0 else None for d in shape),
+    )
+
+
+def check_graph(session: ort.InferenceSession, ctx: LoadContext) -> None:
+    """The config's inputs and outputs against the graph's: names, then datatypes and shapes;
+    every input the graph requires must be configured."""
+    source = str(ctx.model_file)
+    spec = ctx.spec
+    required = {a.name: a for a in session.get_inputs()}
+    overridable = {a.name: a for a in session.get_overridable_initializers()}
+    graph_inputs = required | overridable
+    graph_outputs = {a.name: a for a in session.get_outputs()}
+    for name in spec.inputs:
+        if name not in graph_inputs:
+            raise ConfigError(
+                f"{source}: input '{name}' is not an input of the model "
+                f"(graph inputs: {', '.join(graph_inputs)})"
+            )
+    for name in spec.outputs:
+        if name not in graph_outputs:
+            raise ConfigError(
+                f"{source}: output '{name}' is not an output of the model "
+                f"(graph outputs: {', '.join(sorted(graph_outputs))})"
+            )
+    check_required(source, [n for n in required if n not in spec.inputs], list(spec.inputs))
+    for name, t in spec.inputs.items():
+        check_tensor(source, "input", t, _model_tensor(graph_inputs[name]), spec.max_batch_size)
+    for name, t in spec.outputs.items():
+        check_tensor(source, "output", t, _model_tensor(graph_outputs[name]), spec.max_batch_size)

@@ -1,16 +1,15 @@
 """Python backend: Triton's `TritonPythonModel` API, run in-process on the instance's thread.
 
-Each instance imports its own copy of `model.py` (Triton gives each instance its own stub process,
-so module globals must not be shared). Tensors wrap the request's numpy arrays without copying.
+Each instance imports its own copy of `model.py` and of the files beside it (Triton gives each
+instance its own stub process, so module globals must not be shared): see pymodules. Tensors
+wrap the request's numpy arrays without copying.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import inspect
 import json
-import sys
 import threading
 import time
 from pathlib import Path
@@ -31,7 +30,10 @@ from torchtide.backends.base import (
     TensorInstance,
     Timing,
     Work,
+    log,
+    one_line,
 )
+from torchtide.backends.pymodules import ModelPackage
 from torchtide.config import ConfigError, ModelConfig, parameter, to_json_dict
 from torchtide.errors import ServerError, Status, internal
 
@@ -53,25 +55,16 @@ _CODE_STATUS = {
     pb_utils.TritonError.CANCELLED: Status.CANCELLED,
 }
 _BF16 = 14  # TRITONSERVER_TYPE_BF16
-_module_counter = 0
 
 
-def import_model_module(path: Path, tag: str) -> ModuleType:
-    """Import `model.py` as a fresh module object (one per instance)."""
-    global _module_counter
-    _module_counter += 1
-    name = f"_torchtide_model_{tag}_{_module_counter}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ConfigError(f"{path}: cannot import")
-    module = importlib.util.module_from_spec(spec)
-    folder = str(path.parent)
-    if folder not in sys.path:
-        sys.path.append(folder)  # Triton lets model.py import files beside it
+def import_model_module(package: ModelPackage) -> ModuleType:
+    """Import the package's `model.py` (with its own copies of the files beside it)."""
+    path = package.model_file
     try:
-        spec.loader.exec_module(module)
+        module = package.import_model()
     except Exception as e:
-        raise ConfigError(f"{path}: import failed: {type(e).__name__}: {e}") from None
+        log.debug("%s: import failed", path, exc_info=e)
+        raise ConfigError(f"{path}: import failed: {one_line(e)}") from None
     if not hasattr(module, "TritonPythonModel"):
         raise ConfigError(f"{path}: defines no class TritonPythonModel")
     return module
@@ -79,21 +72,20 @@ def import_model_module(path: Path, tag: str) -> ModuleType:
 
 class PythonBackend(Backend):
     name = "python"
+    completes_from = "auto_complete_config() in model.py"
 
     def auto_complete(self, cfg: ModelConfig, model_file: Path, model_dir: Path) -> None:
         if not model_file.is_file():
             return
-        cls = import_model_module(model_file, "autocomplete").TritonPythonModel
-        hook = getattr(cls, "auto_complete_config", None)
-        if hook is None:
-            return
+        package = ModelPackage(model_file, f"{cfg.name or model_dir.name}_autocomplete")
         try:
-            completed = hook(pb_utils.ModelConfig(to_json_dict(cfg)))
-            as_dict = completed.as_dict()
-        except Exception as e:
-            raise ConfigError(f"{model_file}: auto_complete_config failed: {e}") from None
-        cfg.Clear()
-        json_format.ParseDict(as_dict, cfg)
+            with _INIT_LOCK, package.aliases():
+                as_dict = _auto_complete(package, cfg)
+        finally:
+            package.close()
+        if as_dict is not None:
+            cfg.Clear()
+            json_format.ParseDict(as_dict, cfg)
 
     def load(self, ctx: LoadContext) -> ModelInstance:
         if ctx.config.model_transaction_policy.decoupled:
@@ -106,15 +98,38 @@ class PythonBackend(Backend):
         return PythonInstance(ctx)
 
 
+def _auto_complete(package: ModelPackage, cfg: ModelConfig) -> dict[str, Any] | None:
+    hook = getattr(import_model_module(package).TritonPythonModel, "auto_complete_config", None)
+    if hook is None:
+        return None
+    try:
+        completed = hook(pb_utils.ModelConfig(to_json_dict(cfg)))
+        as_dict: dict[str, Any] = completed.as_dict()
+    except Exception as e:
+        log.debug("%s: auto_complete_config failed", package.model_file, exc_info=e)
+        raise ConfigError(
+            f"{package.model_file}: auto_complete_config failed: {one_line(e)}"
+        ) from None
+    return as_dict
+
+
 class _PythonModel:
-    """Owns the TritonPythonModel object and a private event loop for `async def` methods."""
+    """Owns the TritonPythonModel object, its private package of modules, and a private
+    event loop for `async def` methods."""
 
     def __init__(self, ctx: LoadContext) -> None:
-        with _INIT_LOCK:
-            self._initialize(ctx)
+        tag = f"{ctx.spec.name}_{ctx.version}_{ctx.instance.name}"
+        self.package = ModelPackage(ctx.model_file, tag)
+        try:
+            with _INIT_LOCK, self.package.aliases():
+                self._initialize(ctx)
+        except BaseException:
+            self.package.close()
+            raise
 
     def _initialize(self, ctx: LoadContext) -> None:
-        module = import_model_module(ctx.model_file, f"{ctx.spec.name}_{ctx.instance.name}")
+        self.label = f"model '{ctx.spec.name}' instance '{ctx.instance.name}'"
+        module = import_model_module(self.package)
         self.model = module.TritonPythonModel()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.spec = ctx.spec
@@ -131,9 +146,8 @@ class _PythonModel:
             try:
                 self.call(self.model.initialize, args)
             except Exception as e:
-                raise ConfigError(
-                    f"{ctx.model_file}: initialize() failed: {type(e).__name__}: {e}"
-                ) from None
+                log.debug("%s: initialize() failed", ctx.model_file, exc_info=e)
+                raise ConfigError(f"{ctx.model_file}: initialize() failed: {one_line(e)}") from None
 
     def call(self, fn: Any, *args: Any) -> Any:
         result = fn(*args)
@@ -144,10 +158,13 @@ class _PythonModel:
         return result
 
     def finalize(self) -> None:
-        if hasattr(self.model, "finalize"):
-            self.call(self.model.finalize)
-        if self.loop is not None:
-            self.loop.close()
+        try:
+            if hasattr(self.model, "finalize"):
+                self.call(self.model.finalize)
+        finally:
+            if self.loop is not None:
+                self.loop.close()
+            self.package.close()
 
     def make_request(self, w: Work) -> Any:
         tensors = [_to_pb_tensor(n, a, self.spec.inputs[n].datatype) for n, a in w.inputs.items()]
@@ -197,7 +214,7 @@ class PythonInstance(ModelInstance):
         try:
             responses = self.pm.call(self.pm.model.execute, requests) if requests else []
         except Exception as e:
-            err = _exception_error(e)
+            err = _exception_error(e, self.pm.label)
             responses = None
         t2 = time.perf_counter_ns()
         if responses is None:
@@ -226,10 +243,11 @@ class PythonInstance(ModelInstance):
         self.pm.finalize()
 
 
-def _exception_error(e: Exception) -> ServerError:
+def _exception_error(e: Exception, label: str) -> ServerError:
+    log.debug("%s: execute() raised", label, exc_info=e)
     if isinstance(e, pb_utils.TritonModelException):
         return internal(str(e))
-    return internal(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+    return internal(one_line(e))
 
 
 class StackedPythonInstance(TensorInstance):
@@ -239,6 +257,7 @@ class StackedPythonInstance(TensorInstance):
     def __init__(self, ctx: LoadContext) -> None:
         self.pm = _PythonModel(ctx)
         self.batched = ctx.spec.max_batch_size > 0
+        self.label = self.pm.label
 
     def run(self, inputs: dict[str, Array], output_names: list[str]) -> Outputs:
         request = self.pm.make_request(Work(inputs=inputs, rows=0, output_names=output_names))

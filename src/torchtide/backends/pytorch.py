@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,24 @@ import torch
 from tritonclient.grpc import model_config_pb2 as mc
 
 from torchtide import dtypes
-from torchtide.backends.base import Array, Backend, LoadContext, Outputs, TensorInstance
+from torchtide.backends.base import (
+    Array,
+    Backend,
+    LoadContext,
+    Outputs,
+    TensorInstance,
+    log,
+    one_line,
+)
+from torchtide.backends.checks import (
+    ModelTensor,
+    check_produced,
+    check_required,
+    check_tensor,
+)
 from torchtide.config import ConfigError, ModelConfig, parameter
-from torchtide.errors import internal
+from torchtide.errors import ServerError, internal
+from torchtide.wire import shape_str
 
 _INDEXED = re.compile(r"^(.*)__(\d+)$")
 # torch.export.load keeps global deserializer state: instances loading at once must take turns.
@@ -36,6 +52,7 @@ DEFAULT_AUTOCOMPLETE_MAX_BATCH = 4  # Triton's --backend-config default-max-batc
 
 class PyTorchBackend(Backend):
     name = "pytorch"
+    completes_from = "the torch.export program"
 
     def auto_complete(self, cfg: ModelConfig, model_file: Path, model_dir: Path) -> None:
         if cfg.input and cfg.output:
@@ -55,14 +72,36 @@ class PyTorchBackend(Backend):
         return PyTorchInstance(ctx)
 
 
-def _complete_from_export(cfg: ModelConfig, ep: Any) -> None:
-    from torch.export.graph_signature import InputKind
+@dataclass(frozen=True, slots=True)
+class ExportSignature:
+    """A torch.export program's user inputs (argument names, in order) and flat outputs, with
+    the example values (fake tensors: dtype and shape, symbolic where dynamic) it recorded."""
 
-    placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
-    user_inputs = [s for s in ep.graph_signature.input_specs if s.kind == InputKind.USER_INPUT]
-    in_vals = [placeholders[s.arg.name].meta["val"] for s in user_inputs]
-    out_node = next(n for n in ep.graph.nodes if n.op == "output")
-    out_vals = [a.meta["val"] for a in out_node.args[0]]
+    input_names: list[str]
+    input_vals: list[Any]
+    output_vals: list[Any]
+    output_keys: list[str] | None  # the keys when forward returns a dict
+
+    @classmethod
+    def of(cls, ep: Any) -> ExportSignature:
+        from torch.export.graph_signature import InputKind
+
+        placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
+        user = [s for s in ep.graph_signature.input_specs if s.kind == InputKind.USER_INPUT]
+        out_node = next(n for n in ep.graph.nodes if n.op == "output")
+        out_spec = ep.call_spec.out_spec
+        keys = list(out_spec.context) if getattr(out_spec, "type", None) is dict else None
+        return cls(
+            input_names=[s.arg.name for s in user],
+            input_vals=[placeholders[s.arg.name].meta.get("val") for s in user],
+            output_vals=[getattr(a, "meta", {}).get("val") for a in out_node.args[0]],
+            output_keys=keys,
+        )
+
+
+def _complete_from_export(cfg: ModelConfig, ep: Any) -> None:
+    sig = ExportSignature.of(ep)
+    in_vals, out_vals = sig.input_vals, sig.output_vals
     vals = in_vals + out_vals
     batchable = bool(vals) and all(v.dim() > 0 and not isinstance(v.shape[0], int) for v in vals)
     if cfg.max_batch_size == 0 and batchable:
@@ -79,8 +118,8 @@ def _complete_from_export(cfg: ModelConfig, ep: Any) -> None:
         tensors.add(name=name, data_type=mc.DataType.Value(dtypes.BY_WIRE[wire].config), dims=dims)
 
     if not cfg.input:
-        for s, v in zip(user_inputs, in_vals, strict=True):
-            fill(cfg.input, s.arg.name, v)
+        for name, v in zip(sig.input_names, in_vals, strict=True):
+            fill(cfg.input, name, v)
     if not cfg.output:
         for i, v in enumerate(out_vals):
             fill(cfg.output, f"OUTPUT__{i}", v)
@@ -98,23 +137,94 @@ class PyTorchInstance(TensorInstance):
         self.device = torch.device(ctx.instance.device)
         self.batched = ctx.spec.max_batch_size > 0
         self.spec = ctx.spec
+        self.label = f"model '{ctx.spec.name}' instance '{ctx.instance.name}'"
         path = ctx.model_file
+        signature: ExportSignature | None = None
         if path.suffix == ".pt2":
             program = _load_exported(path)
+            signature = ExportSignature.of(program)
             self.module: Any = program.module()
-            arg_names = [
-                s.arg.name
-                for s in program.graph_signature.input_specs
-                if s.kind.name == "USER_INPUT"
-            ]
+            arg_names = signature.input_names
+            required = list(range(len(arg_names)))
             self.module.to(self.device)
         else:
             self.module = torch.jit.load(str(path), map_location=self.device)  # type: ignore[no-untyped-call]
             self.module.eval()
-            arg_names = [a.name for a in self.module.forward.schema.arguments[1:]]
+            args = self.module.forward.schema.arguments[1:]
+            arg_names = [a.name for a in args]
+            required = [i for i, a in enumerate(args) if not a.has_default_value()]
         self.positions = _bind_inputs(list(ctx.spec.inputs), arg_names, path)
         self.n_args = len(arg_names)
         self.output_index = {n: _index_of(n) for n in ctx.spec.outputs}
+        bound = set(self.positions.values())
+        check_required(
+            str(path), [arg_names[i] for i in required if i not in bound], list(ctx.spec.inputs)
+        )
+        if signature is not None:
+            self._check_signature(str(path), signature)
+        elif not ctx.config.model_warmup:
+            self._check_by_running(str(path))
+
+    def _check_signature(self, source: str, sig: ExportSignature) -> None:
+        """torch.export records every tensor's dtype and shape: check the config against them."""
+        spec = self.spec
+        for name, t in spec.inputs.items():
+            val = sig.input_vals[self.positions[name]]
+            check_tensor(source, "input", t, _model_tensor(val), spec.max_batch_size)
+        for name, t in spec.outputs.items():
+            if sig.output_keys is not None:
+                pos = sig.output_keys.index(name) if name in sig.output_keys else None
+            else:
+                pos = self.output_index[name]
+                if pos is None and len(sig.output_vals) == 1:
+                    pos = 0
+            if pos is None or pos >= len(sig.output_vals):
+                names = sig.output_keys or [f"OUTPUT__{i}" for i in range(len(sig.output_vals))]
+                raise ConfigError(
+                    f"{source}: output '{name}' is not an output of the model "
+                    f"(the program returns {len(sig.output_vals)}: {', '.join(names)})"
+                )
+            check_tensor(
+                source, "output", t, _model_tensor(sig.output_vals[pos]), spec.max_batch_size
+            )
+
+    def _check_by_running(self, source: str) -> None:
+        """TorchScript records no shapes: run one zero-filled request of the configured shapes
+        (one item when the model batches; variable dimensions sized 1) and check the outputs'
+        shapes. A model the config contradicts is refused. When the request fails, the reason
+        is conclusive only if every size was the config's own: with a guessed size (a -1
+        dimension) the failure is logged and the model loads. model_warmup replaces this."""
+        spec = self.spec
+        if any(t.datatype == "BYTES" for t in spec.inputs.values()):
+            return  # a TorchScript model takes no BYTES tensors: requests would fail anyway
+        inputs: dict[str, Array] = {}
+        guessed = False
+        for name, t in spec.inputs.items():
+            guessed |= -1 in t.dims
+            shape = [1 if d == -1 else d for d in t.dims]
+            inputs[name] = np.zeros(
+                [1, *shape] if self.batched else shape, dtypes.BY_WIRE[t.datatype].numpy
+            )
+        desc = ", ".join(f"{n} {shape_str(a.shape)}" for n, a in inputs.items())
+        what = f"a zero-filled request ({desc})"
+        try:
+            out = self.run(inputs, list(spec.outputs))
+        except Exception as e:
+            log.debug("%s: %s failed at load", source, what, exc_info=e)
+            if guessed and not isinstance(e, ServerError):
+                log.warning(
+                    "%s: load check skipped: %s, -1 dimensions sized 1, failed: %s",
+                    source,
+                    what,
+                    one_line(e),
+                )
+                return
+            raise ConfigError(
+                f"{source}: {what} of the configured shapes failed: {one_line(e)} (give "
+                "model_warmup samples the model accepts to check it with them instead)"
+            ) from None
+        for name, arr in out.items():
+            check_produced(source, spec.outputs[name], arr.shape, self.batched, what)
 
     def run(self, inputs: dict[str, Array], output_names: list[str]) -> Outputs:
         args: list[Any] = [None] * self.n_args
@@ -155,6 +265,13 @@ class PyTorchInstance(TensorInstance):
                 t = result
             out[name] = _to_numpy(t, self.spec.outputs[name].datatype)
         return out
+
+
+def _model_tensor(val: Any) -> ModelTensor:
+    if not isinstance(val, torch.Tensor):
+        return ModelTensor(None, None)
+    shape = tuple(d if isinstance(d, int) else None for d in val.shape)
+    return ModelTensor(dtypes.wire_of_torch(val.dtype), shape)
 
 
 def _to_numpy(t: torch.Tensor, wire: str) -> Array:
