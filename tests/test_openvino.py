@@ -368,3 +368,78 @@ def test_missing_openvino_package_is_a_clear_load_error(monkeypatch: pytest.Monk
     assert e.value.message.startswith(
         "backend 'openvino' needs the openvino extra: pip install 'torchtide[openvino]' ("
     )
+
+
+# --------------------------------------------------------------------------- ONNX Runtime
+
+
+ORT_CONFIG = """
+backend: "onnxruntime"
+max_batch_size: 8
+input [{ name: "x" data_type: TYPE_FP32 dims: [8] }, { name: "y" data_type: TYPE_FP32 dims: [3] }]
+output [{ name: "sum" data_type: TYPE_FP32 dims: [4] }]
+optimization { execution_accelerators { cpu_execution_accelerator: [{ name: "%s" }] } }
+"""
+
+
+async def load_onnx(tmp_path: Path, accelerator: str) -> tuple[str, InferenceServer]:
+    d = write_model(tmp_path, "o", ORT_CONFIG % accelerator, {})
+    (d / "1").mkdir()
+    torch.onnx.export(
+        mix(),
+        MIX_EXAMPLE,
+        str(d / "1" / "model.onnx"),
+        input_names=["x", "y"],
+        output_names=["sum", "mean"],
+        dynamic_axes={n: {0: "b"} for n in ("x", "y", "sum", "mean")},
+        dynamo=False,
+    )
+    s = InferenceServer(ServerOptions([tmp_path], gpu_count=0))
+    await s.start()
+    entry = next(e for e in s.repository_index() if e["name"] == "o")
+    return (str(entry.get("reason", "")) if entry["state"] != "READY" else ""), s
+
+
+def ort_has_openvino() -> bool:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return False
+    return "OpenVINOExecutionProvider" in ort.get_available_providers()
+
+
+@pytest.mark.skipif(ort_has_openvino(), reason="this onnxruntime has the OpenVINO provider")
+async def test_ort_openvino_accelerator_refused_without_its_provider(tmp_path: Path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+
+    err, s = await load_onnx(tmp_path, "openvino")
+    await s.stop()
+    assert err == (
+        f"{tmp_path}/o/config.pbtxt: optimization.execution_accelerators."
+        "cpu_execution_accelerator: 'openvino' needs ONNX Runtime's OpenVINOExecutionProvider, "
+        f"which the installed onnxruntime {ort.__version__} lacks (it has: "
+        f"{', '.join(ort.get_available_providers())}); install the onnxruntime-openvino wheel "
+        "in place of onnxruntime"
+    )
+
+
+async def test_ort_unknown_cpu_accelerator_refused(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    err, s = await load_onnx(tmp_path, "dnnl")
+    await s.stop()
+    assert err.endswith(
+        "cpu_execution_accelerator: unknown Execution Accelerator 'dnnl' is requested "
+        "(on CPU ONNX Runtime offers: openvino)"
+    )
+
+
+@pytest.mark.skipif(not ort_has_openvino(), reason="this onnxruntime lacks the OpenVINO provider")
+async def test_ort_openvino_accelerator_serves(tmp_path: Path) -> None:
+    err, s = await load_onnx(tmp_path, "openvino")
+    try:
+        assert err == ""
+        x, y = sample(3, 4)
+        out = await s.infer_numpy("o", {"x": x, "y": y})
+        np.testing.assert_allclose(out["sum"], eager(x, y)[0], rtol=1e-4, atol=1e-4)
+    finally:
+        await s.stop()
