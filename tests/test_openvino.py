@@ -15,6 +15,7 @@ import pytest
 import torch
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from tritonclient.grpc import model_config_pb2 as mc
 
 from tests.conftest import start_app
 from tests.models import write_model
@@ -443,3 +444,57 @@ async def test_ort_openvino_accelerator_serves(tmp_path: Path) -> None:
         np.testing.assert_allclose(out["sum"], eager(x, y)[0], rtol=1e-4, atol=1e-4)
     finally:
         await s.stop()
+
+
+async def test_openvino_backend_reads_an_onnx_file(tmp_path: Path) -> None:
+    """Triton's openvino backend also takes other formats through default_model_filename."""
+    pytest.importorskip("onnx")
+    d = write_model(
+        tmp_path, "ov_onnx", 'backend: "openvino"\ndefault_model_filename: "model.onnx"', {}
+    )
+    (d / "1").mkdir()
+    torch.onnx.export(
+        mix(),
+        MIX_EXAMPLE,
+        str(d / "1" / "model.onnx"),
+        input_names=["x", "y"],
+        output_names=["sum", "mean"],
+        dynamic_axes={n: {0: "b"} for n in ("x", "y", "sum", "mean")},
+        dynamo=False,
+    )
+    s = InferenceServer(ServerOptions([tmp_path], gpu_count=0))
+    await s.start()
+    try:
+        assert [t.name for t in s.model_config("ov_onnx").output] == ["sum", "mean"]
+        x, y = sample(3, 9)
+        out = await s.infer_numpy("ov_onnx", {"x": x, "y": y})
+        np.testing.assert_allclose(out["sum"], eager(x, y)[0], rtol=1e-5, atol=1e-5)
+    finally:
+        await s.stop()
+
+
+class Double(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+
+async def test_bf16_tensors_in_and_out(tmp_path: Path) -> None:
+    from torchtide.types import InferRequest, InferTensor
+
+    example = torch.randn(2, 4).to(torch.bfloat16)
+    save_ir(
+        Double(), example, [("x", [-1, 4], torch.bfloat16)], tmp_path / "bf" / "1" / "model.xml", []
+    )
+    s = InferenceServer(ServerOptions([tmp_path], gpu_count=0))
+    await s.start()
+    try:
+        assert [t.data_type for t in s.model_config("bf").input] == [mc.TYPE_BF16]
+        x = torch.tensor([[1.5, -2.0, 3.25, 0.0]], dtype=torch.bfloat16)
+        resp = await s.infer(
+            InferRequest("bf", [InferTensor("x", "BF16", x.view(torch.uint16).numpy())])
+        )
+    finally:
+        await s.stop()
+    out = resp.outputs[0]
+    assert out.datatype == "BF16"
+    assert torch.equal(torch.from_numpy(out.data.copy()).view(torch.bfloat16), x * 2)

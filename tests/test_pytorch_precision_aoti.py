@@ -159,6 +159,7 @@ def packages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Pat
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # the first test also compiles the package (tens of seconds, cold)
 def test_aoti_package_detection(packages: dict[str, Path], tmp_path: Path) -> None:
     assert aoti.is_aoti_package(packages["aoti"])
     assert not aoti.is_aoti_package(packages["export"])
@@ -168,6 +169,7 @@ def test_aoti_package_detection(packages: dict[str, Path], tmp_path: Path) -> No
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # the first test also compiles the package (tens of seconds, cold)
 async def test_aoti_package_served_batched(
     packages: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
