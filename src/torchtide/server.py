@@ -240,7 +240,7 @@ class InferenceServer:
         return {
             "name": name,
             "versions": versions,
-            "platform": sv.spec.platform,
+            "platform": sv.config.platform or sv.spec.platform,  # as Triton: config's, else backend
             "inputs": tensors(sv.spec.inputs),
             "outputs": tensors(sv.spec.outputs),
         }
