@@ -11,6 +11,7 @@ about 125 MB uncompressed) for the image total.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
@@ -67,10 +68,8 @@ def installed_bytes(dist: metadata.Distribution) -> int:
     total = 0
     for f in dist.files or []:
         path = dist.locate_file(f)
-        try:
+        with contextlib.suppress(OSError):  # listed in RECORD but not on disk
             total += path.stat().st_size  # type: ignore[union-attr]
-        except OSError:
-            pass
     return total
 
 
