@@ -60,6 +60,7 @@ class ServerOptions:
     gpu_count: int = -1  # -1: detect
     cpu_count: int = 0  # 0: detect (os.cpu_count)
     latency_histograms: bool = True  # beyond Triton: per-stage latency histograms (metrics)
+    server_name: str = "triton"  # metadata "name": clients and Triton's examples check it
 
 
 @dataclass
@@ -191,7 +192,7 @@ class InferenceServer:
         extensions = list(EXTENSIONS)
         if self.shm.cuda is not None:
             extensions.insert(extensions.index("system_shared_memory") + 1, "cuda_shared_memory")
-        return {"name": "torchtide", "version": __version__, "extensions": extensions}
+        return {"name": self.options.server_name, "version": __version__, "extensions": extensions}
 
     def resolve(self, name: str, version: str = "") -> ServedVersion:
         record = self.models.get(name)

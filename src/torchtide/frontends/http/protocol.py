@@ -23,7 +23,7 @@ from torchtide.frontends.http.errors import REASONS
 
 MAX_PIPELINED = 32  # queued requests per connection before reading pauses
 MAX_HEAD_BYTES = 64 * 1024  # request line + headers
-MIN_COMPRESS = 1024  # smaller bodies are sent as they are even when the client accepts gzip
+MIN_COMPRESS = 1024  # smaller infer replies are sent as they are even when the client accepts gzip
 LINGER_S = 2.0  # after a refusal, read and drop what the client still sends, then close
 
 
@@ -46,6 +46,10 @@ class Response:
     blobs: list[bytes | memoryview] = field(default_factory=list)  # binary sections after body
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     close: bool = False
+    # Compressed per Accept-Encoding. Triton compresses successful infer replies only; every
+    # other reply goes as it is (aiohttp, hence tritonclient's aio client, always sends
+    # Accept-Encoding but decompresses only infer replies).
+    compressible: bool = False
 
     @classmethod
     def error(cls, status: int, message: str, *, close: bool = False) -> Response:
@@ -256,8 +260,8 @@ class HttpConnection(asyncio.Protocol):
         for k, v in resp.headers:
             head.append(b"%s: %s\r\n" % (k, v))
         total = len(body) + sum(len(b) for b in blobs)
-        accept = req.headers.get("accept-encoding") if total >= MIN_COMPRESS else None
-        if accept:
+        accept = req.headers.get("accept-encoding") if resp.compressible else None
+        if accept and total >= MIN_COMPRESS:
             encoding = _pick_encoding(accept)
             if encoding is not None:
                 body = _compress(encoding, [body, *blobs])
@@ -322,18 +326,25 @@ class HttpConnection(asyncio.Protocol):
 
 
 def _pick_encoding(accept: str) -> bytes | None:
-    accepted = set()
+    """Triton's choice (http_server.cc, CompressionTypeUsed): among gzip, deflate and identity,
+    the one with the highest q, the first listed on a tie; q=0, unknown codings and unreadable
+    weights count for nothing. None: send the reply as it is."""
+    best, weight = "identity", 0.0
     for part in accept.lower().split(","):
         coding, _, params = part.partition(";")
-        q = params.strip()
-        if q.startswith("q=") and q[2:].strip() in ("0", "0.0", "0.00", "0.000"):
-            continue  # explicitly refused
-        accepted.add(coding.strip())
-    if "gzip" in accepted:
-        return b"gzip"
-    if "deflate" in accepted:
-        return b"deflate"
-    return None
+        coding = coding.strip()
+        q = 1.0
+        key, _, value = params.partition("=")
+        if key.strip() == "q":
+            try:
+                q = float(value)
+            except ValueError:
+                continue
+        elif params.strip():
+            continue  # a parameter other than q: not a form Triton reads
+        if coding in ("gzip", "deflate", "identity") and q > weight:
+            best, weight = coding, q
+    return None if best == "identity" else best.encode()
 
 
 def _compress(encoding: bytes, parts: list[bytes | memoryview]) -> bytes:
