@@ -10,6 +10,7 @@ before they are buffered whole. A client that goes away cancels its in-flight re
 from __future__ import annotations
 
 import asyncio
+import logging
 import zlib
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -21,6 +22,7 @@ import orjson
 
 from torchtide.frontends.http.errors import REASONS
 
+log = logging.getLogger("torchtide.http")
 MAX_PIPELINED = 32  # queued requests per connection before reading pauses
 MAX_HEAD_BYTES = 64 * 1024  # request line + headers
 MIN_COMPRESS = 1024  # smaller infer replies are sent as they are even when the client accepts gzip
@@ -251,6 +253,8 @@ class HttpConnection(asyncio.Protocol):
         if self.closed or transport is None:
             return
         keep = req.keep_alive and not resp.close and not (self.hub.stopping and not self.queue)
+        if resp.status >= 400 and log.isEnabledFor(logging.DEBUG):
+            _log_failure(req, resp)
         body = resp.body
         blobs = resp.blobs
         head = [
@@ -323,6 +327,16 @@ class HttpConnection(asyncio.Protocol):
             self._linger = self.loop.call_later(LINGER_S, transport.close)
         else:
             transport.close()
+
+
+def _log_failure(req: Request, resp: Response) -> None:
+    """--log-verbose >= 1: each failed request and its reason."""
+    try:
+        reason = str(orjson.loads(resp.body)["error"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        reason = resp.body[:200].decode("utf-8", "replace")
+    what = f"{req.method} {req.path}" if req.method else "a malformed request"
+    log.debug("HTTP %s failed: %d %s", what, resp.status, reason)
 
 
 def _pick_encoding(accept: str) -> bytes | None:
