@@ -412,6 +412,7 @@ async def test_aio_client_reads_every_non_infer_route(big_app: AppThread) -> Non
             status = await c.get_system_shared_memory_status()
             assert len(status) == 12 and len(json.dumps(status)) > BIG
             assert await c.get_cuda_shared_memory_status() == []
+            await c.unregister_cuda_shared_memory()
             await c.unregister_system_shared_memory()
             await c.load_model("add_sub")
             await c.unload_model("add_sub")
