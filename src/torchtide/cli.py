@@ -138,6 +138,15 @@ def serve_parser(prog: str = "torchtide serve") -> argparse.ArgumentParser:
         help="'json' (ours) writes JSON lines",
     )
     p.add_argument("--log-file", default="", metavar="PATH")
+    p.add_argument(
+        "--server-name",
+        "--id",
+        dest="server_name",
+        default="triton",
+        metavar="NAME",
+        help="the 'name' server metadata reports (ours; tritonserver's --id). Clients and "
+        "Triton's example scripts check for 'triton'; torchtide's version is in 'version'",
+    )
     return p
 
 
@@ -195,7 +204,7 @@ def cmd_serve(argv: list[str], prog: str = "torchtide serve") -> int:
         return EXIT_USAGE
 
     from torchtide.app import App, AppOptions
-    from torchtide.logsettings import LogSettings
+    from torchtide.logsettings import LogSettings, model_table
     from torchtide.server import ServerOptions
 
     fmt = args.log_format if args.log_format != "json" else "default"
@@ -208,6 +217,7 @@ def cmd_serve(argv: list[str], prog: str = "torchtide serve") -> int:
             auto_complete=not args.disable_auto_complete_config,
             exit_timeout_s=args.exit_timeout_secs,
             poll_secs=args.repository_poll_secs,
+            server_name=args.server_name,
         ),
         http_port=args.http_port if args.allow_http else None,
         grpc_port=args.grpc_port if args.allow_grpc else None,
@@ -234,18 +244,12 @@ def cmd_serve(argv: list[str], prog: str = "torchtide serve") -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await app.start()
-        for name, fe in app.frontends.items():
-            log.info("started %s on port %d", name, fe.port)
-        failed = [e for e in app.server.repository_index() if e.get("state") == "UNAVAILABLE"]
-        for e in failed:
-            log.error(
-                "model '%s' version %s is UNAVAILABLE: %s",
-                e["name"],
-                e.get("version"),
-                e.get("reason"),
-            )
+        await app.start()  # each listener and each model's load announce themselves
+        index = app.server.repository_index()
+        log.info("\n%s", model_table(index))
+        failed = [e for e in index if e.get("state") == "UNAVAILABLE"]
         if failed and args.exit_on_error:
+            log.error("exiting: %d model version(s) failed to load (--exit-on-error)", len(failed))
             await app.stop(0)
             return EXIT_FAIL
         await stop.wait()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -63,6 +64,7 @@ class ServerOptions:
     gpu_count: int = -1  # -1: detect
     cpu_count: int = 0  # 0: detect (os.cpu_count)
     latency_histograms: bool = True  # beyond Triton: per-stage latency histograms (metrics)
+    server_name: str = "triton"  # metadata "name": clients and Triton's examples check it
 
 
 @dataclass
@@ -111,6 +113,7 @@ class InferenceServer:
         names, dupes = scan(self.options.repositories)
         for name, reason in dupes.items():
             self.models[name] = ModelRecord(name, None, error=reason)
+            log.error("failed to load '%s': %s", name, reason)
         if self.options.control_mode == "explicit":
             wanted = self.options.startup_models
             targets = sorted(names) if "*" in wanted else list(dict.fromkeys(wanted))
@@ -147,10 +150,8 @@ class InferenceServer:
                 await self._load_quietly(name)
 
     async def _load_quietly(self, name: str) -> None:
-        try:
+        with contextlib.suppress(ServerError):  # logged once where it failed (_load_locked)
             await self.load_model(name)
-        except ServerError as e:
-            log.error("%s", e.message)
 
     async def stop(self, timeout: float | None = None) -> bool:
         """Stop accepting, drain in-flight work within `timeout`, then unload everything.
@@ -194,7 +195,7 @@ class InferenceServer:
         extensions = list(EXTENSIONS)
         if self.shm.cuda is not None:
             extensions.insert(extensions.index("system_shared_memory") + 1, "cuda_shared_memory")
-        return {"name": "torchtide", "version": __version__, "extensions": extensions}
+        return {"name": self.options.server_name, "version": __version__, "extensions": extensions}
 
     def resolve(self, name: str, version: str = "") -> ServedVersion:
         record = self.models.get(name)
@@ -402,9 +403,11 @@ class InferenceServer:
     async def _load_locked(self, name: str, override: ModelConfig | None) -> None:
         names, dupes = scan(self.options.repositories)
         if name in dupes:
+            log.error("failed to load '%s': %s", name, dupes[name])
             raise invalid_arg(dupes[name])
         model_dir = names.get(name)
         if model_dir is None:
+            log.error("failed to load '%s': no such model in the model repository", name)
             raise ServerError(
                 Status.INTERNAL, f"failed to load '{name}', no such model in the model repository"
             )
@@ -429,6 +432,8 @@ class InferenceServer:
                 gpu_count=self.gpu_count,
                 cpu_count=self.options.cpu_count,
             )
+            for v in prepared.versions:
+                log.info("%s: %s:%d", "reloading" if v in record.served else "loading", name, v)
             new = await self._instantiate(name, model_dir, prepared)
         except (ConfigError, ServerError) as e:
             msg = e.message if isinstance(e, ServerError) else str(e)
@@ -441,6 +446,8 @@ class InferenceServer:
         record.error = ""
         record.load_seconds = time.perf_counter() - started
         record.states = {v: (ModelState.READY, "") for v in new}
+        for v in new:
+            log.info("successfully loaded '%s' version %d: READY", name, v)
         for v in version_dirs(model_dir):
             if v not in new:
                 record.states.setdefault(
@@ -451,12 +458,24 @@ class InferenceServer:
 
     def _mark_failed(self, record: ModelRecord, msg: str) -> None:
         record.error = msg
+        failed = []
         for v, (state, _) in list(record.states.items()):
             if state is ModelState.LOADING:
                 if v in record.served:
                     record.states[v] = (ModelState.READY, "")
                 else:
                     record.states[v] = (ModelState.UNAVAILABLE, msg)
+                    failed.append(v)
+        for v in failed:
+            log.error("failed to load '%s' version %d: UNAVAILABLE: %s", record.name, v, msg)
+        if not failed:
+            log.error("failed to load '%s': %s", record.name, msg)
+        if record.served:
+            log.warning(
+                "'%s' version(s) %s keep serving",
+                record.name,
+                ", ".join(map(str, sorted(record.served))),
+            )
 
     async def _instantiate(
         self, name: str, model_dir: Path, prepared: Prepared
@@ -515,8 +534,12 @@ class InferenceServer:
             old = list(record.served.values())
             record.served = {}
             record.states = {v.version: (ModelState.UNLOADING, "") for v in old}
+            for sv in old:
+                log.info("unloading: %s:%d", name, sv.version)
             await self._retire(old)
             record.states = {v.version: (ModelState.UNAVAILABLE, "unloaded") for v in old}
+            for sv in old:
+                log.info("successfully unloaded '%s' version %d", name, sv.version)
 
 
 def fingerprint(model_dir: Path) -> tuple[Any, ...]:

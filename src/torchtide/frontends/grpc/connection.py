@@ -500,6 +500,9 @@ class GrpcConnection(asyncio.Protocol):
             stream.timer.cancel()
             stream.timer = None
         status = code.value[0]
+        if status and log.isEnabledFor(logging.DEBUG):  # --log-verbose >= 1
+            path = next((v for k, v in stream.headers if k == ":path"), "?")
+            log.debug("gRPC %s failed: %s %s", path, code.name, message)
         block = h2.TRAILERS_OK if status == 0 else h2.status_block(status, message)
         if not stream.headers_sent:
             stream.headers_sent = True

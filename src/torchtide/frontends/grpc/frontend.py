@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from typing import Any
 
@@ -16,6 +17,8 @@ from tritonclient.grpc import service_pb2 as pb
 from torchtide.frontends.grpc.connection import AbortError, GrpcConnection, Hub, Kind, Method
 from torchtide.frontends.grpc.service import InferenceService
 from torchtide.server import InferenceServer
+
+log = logging.getLogger("torchtide.grpc")
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -119,6 +122,7 @@ class GrpcFrontend:
             raise OSError(f"gRPC front-end could not listen on {self.address}: {e}") from None
         self.port = listener.sockets[0].getsockname()[1]
         self._listener, self._hub = listener, hub
+        log.info("Started GRPCInferenceService at %s", self.address)
 
     async def stop(self, grace: float | None = None) -> None:
         """Refuse new RPCs at once (UNAVAILABLE; readiness and health say not ready), let the

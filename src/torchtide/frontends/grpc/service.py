@@ -181,6 +181,7 @@ class InferenceService:
                     if strict:
                         await _abort(context, exc)
                     msg = _message(exc)
+                    log.debug("gRPC ModelStreamInfer request '%s' failed: %s", rid, msg)
                     item = pb.ModelStreamInferResponse(
                         error_message=msg, infer_response=pb.ModelInferResponse(id=rid)
                     )

@@ -44,7 +44,7 @@ class HttpFrontend:
             lambda: HttpConnection(hub), self.host, self.port, reuse_address=True, backlog=1024
         )
         self.port = int(self._listener.sockets[0].getsockname()[1])
-        log.info("HTTP front-end listening on %s:%d", self.host, self.port)
+        log.info("Started HTTPService at %s:%d", self.host, self.port)
 
     async def stop(self) -> None:
         """Stop accepting; close idle keep-alive connections at once; let requests in flight

@@ -10,6 +10,7 @@ before they are buffered whole. A client that goes away cancels its in-flight re
 from __future__ import annotations
 
 import asyncio
+import logging
 import zlib
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -21,9 +22,10 @@ import orjson
 
 from torchtide.frontends.http.errors import REASONS
 
+log = logging.getLogger("torchtide.http")
 MAX_PIPELINED = 32  # queued requests per connection before reading pauses
 MAX_HEAD_BYTES = 64 * 1024  # request line + headers
-MIN_COMPRESS = 1024  # smaller bodies are sent as they are even when the client accepts gzip
+MIN_COMPRESS = 1024  # smaller infer replies are sent as they are even when the client accepts gzip
 LINGER_S = 2.0  # after a refusal, read and drop what the client still sends, then close
 
 
@@ -46,6 +48,10 @@ class Response:
     blobs: list[bytes | memoryview] = field(default_factory=list)  # binary sections after body
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     close: bool = False
+    # Compressed per Accept-Encoding. Triton compresses successful infer replies only; every
+    # other reply goes as it is (aiohttp, hence tritonclient's aio client, always sends
+    # Accept-Encoding but decompresses only infer replies).
+    compressible: bool = False
 
     @classmethod
     def error(cls, status: int, message: str, *, close: bool = False) -> Response:
@@ -247,6 +253,8 @@ class HttpConnection(asyncio.Protocol):
         if self.closed or transport is None:
             return
         keep = req.keep_alive and not resp.close and not (self.hub.stopping and not self.queue)
+        if resp.status >= 400 and log.isEnabledFor(logging.DEBUG):
+            _log_failure(req, resp)
         body = resp.body
         blobs = resp.blobs
         head = [
@@ -256,8 +264,8 @@ class HttpConnection(asyncio.Protocol):
         for k, v in resp.headers:
             head.append(b"%s: %s\r\n" % (k, v))
         total = len(body) + sum(len(b) for b in blobs)
-        accept = req.headers.get("accept-encoding") if total >= MIN_COMPRESS else None
-        if accept:
+        accept = req.headers.get("accept-encoding") if resp.compressible else None
+        if accept and total >= MIN_COMPRESS:
             encoding = _pick_encoding(accept)
             if encoding is not None:
                 body = _compress(encoding, [body, *blobs])
@@ -321,19 +329,36 @@ class HttpConnection(asyncio.Protocol):
             transport.close()
 
 
+def _log_failure(req: Request, resp: Response) -> None:
+    """--log-verbose >= 1: each failed request and its reason."""
+    try:
+        reason = str(orjson.loads(resp.body)["error"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        reason = resp.body[:200].decode("utf-8", "replace")
+    what = f"{req.method} {req.path}" if req.method else "a malformed request"
+    log.debug("HTTP %s failed: %d %s", what, resp.status, reason)
+
+
 def _pick_encoding(accept: str) -> bytes | None:
-    accepted = set()
+    """Triton's choice (http_server.cc, CompressionTypeUsed): among gzip, deflate and identity,
+    the one with the highest q, the first listed on a tie; q=0, unknown codings and unreadable
+    weights count for nothing. None: send the reply as it is."""
+    best, weight = "identity", 0.0
     for part in accept.lower().split(","):
         coding, _, params = part.partition(";")
-        q = params.strip()
-        if q.startswith("q=") and q[2:].strip() in ("0", "0.0", "0.00", "0.000"):
-            continue  # explicitly refused
-        accepted.add(coding.strip())
-    if "gzip" in accepted:
-        return b"gzip"
-    if "deflate" in accepted:
-        return b"deflate"
-    return None
+        coding = coding.strip()
+        q = 1.0
+        key, _, value = params.partition("=")
+        if key.strip() == "q":
+            try:
+                q = float(value)
+            except ValueError:
+                continue
+        elif params.strip():
+            continue  # a parameter other than q: not a form Triton reads
+        if coding in ("gzip", "deflate", "identity") and q > weight:
+            best, weight = coding, q
+    return None if best == "identity" else best.encode()
 
 
 def _compress(encoding: bytes, parts: list[bytes | memoryview]) -> bytes:

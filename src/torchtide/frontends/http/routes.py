@@ -217,13 +217,14 @@ class Api:
         response = await self.server.infer(request)
         encoded = encode_response(response, plan, self.shm)
         if not encoded.blobs:
-            return Response(200, encoded.header)
+            return Response(200, encoded.header, compressible=True)
         return Response(
             200,
             encoded.header,
             _OCTET,
             encoded.blobs,
             [(b"Inference-Header-Content-Length", b"%d" % len(encoded.header))],
+            compressible=True,
         )
 
     # ------------------------------------------------------------------ repository
