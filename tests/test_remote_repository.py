@@ -31,9 +31,15 @@ from torchtide.repository_remote import (
         ("s3://bucket/path/to/repo", ("s3", "bucket", "path/to/repo", "", "")),
         ("s3://bucket", ("s3", "bucket", "", "", "")),
         ("s3://bucket//a///b/", ("s3", "bucket", "a/b", "", "")),
-        ("s3://127.0.0.1:9000/bucket/models", ("s3", "bucket", "models", "http://127.0.0.1:9000", "")),
+        (
+            "s3://127.0.0.1:9000/bucket/models",
+            ("s3", "bucket", "models", "http://127.0.0.1:9000", ""),
+        ),
         ("s3://minio.local:9000/bucket", ("s3", "bucket", "", "http://minio.local:9000", "")),
-        ("s3://https://minio.local:9000/bucket/m", ("s3", "bucket", "m", "https://minio.local:9000", "")),
+        (
+            "s3://https://minio.local:9000/bucket/m",
+            ("s3", "bucket", "m", "https://minio.local:9000", ""),
+        ),
         ("s3://http://minio.local:80/bucket/m", ("s3", "bucket", "m", "http://minio.local:80", "")),
         ("gs://bucket/models/", ("gs", "bucket", "models", "", "")),
         ("as://acct/container/models", ("as", "container", "models", "", "acct")),
@@ -120,7 +126,11 @@ def test_azure_options_follow_triton_variables() -> None:
 
 @pytest.mark.parametrize(
     ("url", "package", "extra"),
-    [("gs://bucket/m", "gcsfs", "gcs"), ("as://a/c/m", "adlfs", "azure"), ("s3://b/m", "s3fs", "s3")],
+    [
+        ("gs://bucket/m", "gcsfs", "gcs"),
+        ("as://a/c/m", "adlfs", "azure"),
+        ("s3://b/m", "s3fs", "s3"),
+    ],
 )
 def test_missing_package_is_a_clear_error(
     url: str, package: str, extra: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -207,7 +217,9 @@ def seed(store: FakeStore) -> None:
 
 
 def files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def test_only_changed_objects_are_fetched_and_the_cache_survives_a_restart(tmp_path: Path) -> None:
