@@ -332,3 +332,13 @@ def test_explicit_sync_of_one_model_touches_no_other(tmp_path: Path) -> None:
     store.put("bucket/repo/b/1/model.onnx", "b v2")
     assert repo.sync(only="a") and files(repo.local)["b/1/model.onnx"] == b"b v1"
     assert repo.sync() and files(repo.local)["b/1/model.onnx"] == b"b v2"
+
+
+def test_an_unwritable_cache_is_a_one_line_error(tmp_path: Path) -> None:
+    store = FakeStore()
+    seed(store)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    repo = fake_repo(store, blocker)
+    assert not repo.sync() and not repo.usable
+    assert repo.error.startswith(f"model cache '{repo.entry}' cannot be used: ")

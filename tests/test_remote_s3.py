@@ -367,25 +367,12 @@ def test_serve_process_explicit_mode_load_reads_the_remote(moto: Moto, tmp_path:
     write_plus(src, "n", {1: 2.0})
     objects = moto.upload(src, "repo5")
     http = free_port()
-    root = Path(__file__).parent.parent
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "torchtide.cli",
-            "serve",
-            f"--model-repository={moto.url('repo5')}",
-            f"--model-cache-dir={tmp_path / 'cache'}",
-            "--model-control-mode=explicit",
-            "--load-model=m",
-            f"--http-port={http}",
-            "--http-address=127.0.0.1",
-            "--allow-grpc=false",
-            "--allow-metrics=false",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONPATH": f"{root / 'src'}{os.pathsep}{root}"},
+    proc = serve_process(
+        f"--model-repository={moto.url('repo5')}",
+        f"--model-cache-dir={tmp_path / 'cache'}",
+        "--model-control-mode=explicit",
+        "--load-model=m",
+        f"--http-port={http}",
     )
     client = httpclient.InferenceServerClient(f"127.0.0.1:{http}")
     try:
@@ -422,3 +409,38 @@ def _output(proc: subprocess.Popen[bytes]) -> str:
     if proc.poll() is None or proc.stdout is None:
         return "server still starting"
     return proc.stdout.read().decode(errors="replace")[-3000:]
+
+
+def serve_process(*args: str) -> subprocess.Popen[bytes]:
+    """`torchtide serve` from this checkout's sources, HTTP only, on loopback."""
+    root = Path(__file__).parent.parent
+    fixed = ["--http-address=127.0.0.1", "--allow-grpc=false", "--allow-metrics=false"]
+    return subprocess.Popen(
+        [sys.executable, "-m", "torchtide.cli", "serve", *args, *fixed],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": f"{root / 'src'}{os.pathsep}{root}"},
+    )
+
+
+@pytest.mark.usefixtures("aws_env")
+def test_exit_on_error_counts_a_repository_never_read(
+    moto: Moto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src"
+    write_plus(src, "m", {1: 1.0})
+    moto.upload(src, "repo6")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")
+    proc = serve_process(
+        f"--model-repository={moto.url('repo6')}",
+        f"--model-cache-dir={tmp_path / 'cache'}",
+        f"--http-port={free_port()}",
+        "--exit-on-error=true",
+    )
+    out, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 1
+    assert (
+        f"model repository '{moto.url('repo6')}' is unavailable: PermissionError: The AWS Access "
+        "Key Id you provided does not exist in our records."
+    ) in out.decode()
+    assert "Traceback" not in out.decode()

@@ -16,7 +16,6 @@ profiles, web identity, instance metadata), or from Triton's TRITON_CLOUD_CREDEN
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import hashlib
 import importlib
 import json
@@ -289,18 +288,24 @@ class RemoteRepository:
         could not be listed (the mirror is left as it was) or a model could not be downloaded
         (that model is left as it was); `error` says why. Blocking: call it off the event loop."""
         with self._lock:
-            self.entry.mkdir(parents=True, exist_ok=True)
-            with _file_lock(self.entry / "lock"):
-                try:
-                    if self._fs is None:
-                        self._fs = self._open_fs(self.url)
-                    listing = self._list()
-                except Exception as e:
-                    self._fs = None  # a new client next time: credentials may have been renewed
-                    log.debug("model repository '%s'", self.url.url, exc_info=True)
-                    return self._result(_describe(self.url.url, e))
-                self.usable = True
-                return self._result(self._apply(listing, only))
+            try:
+                self.entry.mkdir(parents=True, exist_ok=True)
+                with _file_lock(self.entry / "lock"):
+                    return self._sync_locked(only)
+            except OSError as e:  # the cache folder itself
+                return self._result(f"model cache '{self.entry}' cannot be used: {_one_line(e)}")
+
+    def _sync_locked(self, only: str | None) -> bool:
+        try:
+            if self._fs is None:
+                self._fs = self._open_fs(self.url)
+            listing = self._list()
+        except Exception as e:
+            self._fs = None  # a new client next time: credentials may have been renewed
+            log.debug("model repository '%s'", self.url.url, exc_info=True)
+            return self._result(_describe(self.url.url, e))
+        self.usable = True
+        return self._result(self._apply(listing, only))
 
     def _result(self, error: str) -> bool:
         if error and error != self.error:
@@ -462,6 +467,8 @@ def _describe(url: str, e: BaseException) -> str:
 @contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
     """Two servers sharing one cache folder sync it one at a time."""
+    import fcntl  # POSIX only, like the rest of the server
+
     with open(path, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
