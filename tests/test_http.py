@@ -417,16 +417,19 @@ async def test_aio_client_reads_every_non_infer_route(big_app: AppThread) -> Non
             await c.load_model("add_sub")
             await c.unload_model("add_sub")
             # Error replies are never compressed either (Triton sends them as they are).
-            long_name = "m" * BIG
+            # (model names are bounded at 255 bytes; a long input name makes a long error)
+            unknown = "m" * 255
             with pytest.raises(InferenceServerException, match="Request for unknown model"):
-                await c.get_model_metadata(long_name)
+                await c.get_model_metadata(unknown)
             with pytest.raises(InferenceServerException, match="Request for unknown model"):
-                await c.get_model_config(long_name)
+                await c.get_model_config(unknown)
             x = np.arange(2000, dtype=np.float32).reshape(1, 2000)
+            long_input = aioclient.InferInput("n" * BIG, [1, 2000], "FP32")
+            long_input.set_data_from_numpy(x)
+            with pytest.raises(InferenceServerException, match="unexpected inference input"):
+                await c.infer("identity", [long_input])
             i = aioclient.InferInput("IN_FP32", [1, 2000], "FP32")
             i.set_data_from_numpy(x)
-            with pytest.raises(InferenceServerException, match="Request for unknown model"):
-                await c.infer(long_name, [i])
             # The infer reply itself is compressed when asked, and read by the client.
             out = [aioclient.InferRequestedOutput("OUT_FP32")]
             r = await c.infer("identity", [i], outputs=out, response_compression_algorithm="gzip")

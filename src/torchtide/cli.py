@@ -82,6 +82,19 @@ def _add_bool(p: argparse.ArgumentParser, flag: str, default: bool, help: str) -
     )
 
 
+def _repository(text: str) -> Path | str:
+    """A local folder, or an s3://, gs:// or as:// URL (checked here, synced by the server)."""
+    from torchtide.repository_remote import RemoteError, is_remote, parse_url
+
+    if not is_remote(text):
+        return Path(text)
+    try:
+        parse_url(text)
+    except RemoteError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def serve_parser(prog: str = "torchtide serve") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
@@ -94,9 +107,17 @@ def serve_parser(prog: str = "torchtide serve") -> argparse.ArgumentParser:
         "--model-store",
         dest="repositories",
         action="append",
-        type=Path,
+        type=_repository,
         metavar="PATH",
-        help="model repository (repeatable)",
+        help="model repository: a folder, or s3://, gs://, as:// (repeatable)",
+    )
+    p.add_argument(
+        "--model-cache-dir",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="where remote repositories are mirrored (ours; default: $TORCHTIDE_MODEL_CACHE_DIR, "
+        "$XDG_CACHE_HOME/torchtide/models or /tmp/torchtide-cache)",
     )
     p.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default="none")
     p.add_argument("--repository-poll-secs", type=float, default=15.0)
@@ -198,9 +219,19 @@ def cmd_serve(argv: list[str], prog: str = "torchtide serve") -> int:
             log.warning("unknown flags ignored: %s", " ".join(other))
     if not args.repositories:
         parser.error("--model-repository is required")
-    missing = [r for r in args.repositories if not r.is_dir()]
+    local = [r for r in args.repositories if isinstance(r, Path)]
+    remote = [r for r in args.repositories if isinstance(r, str)]
+    missing = [r for r in local if not r.is_dir()]
     if missing:
         log.error("model repository '%s' does not exist", missing[0])
+        return EXIT_USAGE
+    from torchtide.repository_remote import RemoteError, parse_url, require_package
+
+    try:
+        for url in remote:
+            require_package(parse_url(url))
+    except RemoteError as e:
+        log.error("%s", e)
         return EXIT_USAGE
 
     from torchtide.app import App, AppOptions
@@ -210,7 +241,9 @@ def cmd_serve(argv: list[str], prog: str = "torchtide serve") -> int:
     fmt = args.log_format if args.log_format != "json" else "default"
     options = AppOptions(
         server=ServerOptions(
-            repositories=args.repositories,
+            repositories=local,
+            remote_repositories=remote,
+            model_cache_dir=args.model_cache_dir,
             control_mode=args.model_control_mode,
             startup_models=args.load_model,
             strict_readiness=args.strict_readiness,
@@ -248,7 +281,7 @@ def cmd_serve(argv: list[str], prog: str = "torchtide serve") -> int:
         index = app.server.repository_index()
         log.info("\n%s", model_table(index))
         failed = [e for e in index if e.get("state") == "UNAVAILABLE"]
-        if failed and args.exit_on_error:
+        if (failed or app.server.remotes.errors()) and args.exit_on_error:
             log.error("exiting: %d model version(s) failed to load (--exit-on-error)", len(failed))
             await app.stop(0)
             return EXIT_FAIL

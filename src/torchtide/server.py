@@ -22,6 +22,7 @@ from torchtide.errors import ServerError, Status, invalid_arg, not_found, unavai
 from torchtide.instances import InstanceRunner, instance_infos
 from torchtide.logsettings import LogSettings
 from torchtide.repository import Prepared, prepare, scan, version_dirs
+from torchtide.repository_remote import RemoteRepositories
 from torchtide.served import ServedVersion
 from torchtide.shm import SharedMemoryRegistry
 from torchtide.types import InferRequest, InferResponse, InferTensor, RequestedOutput
@@ -65,6 +66,8 @@ class ServerOptions:
     cpu_count: int = 0  # 0: detect (os.cpu_count)
     latency_histograms: bool = True  # beyond Triton: per-stage latency histograms (metrics)
     server_name: str = "triton"  # metadata "name": clients and Triton's examples check it
+    remote_repositories: list[str] = field(default_factory=list)  # s3://, gs://, as:// URLs
+    model_cache_dir: Path | None = None  # where remote repositories are mirrored (None: default)
 
 
 @dataclass
@@ -104,13 +107,20 @@ class InferenceServer:
         # Client-registered shared memory; CUDA regions only when torch sees a GPU.
         self.shm = SharedMemoryRegistry(load_cuda_runtime() if self.gpu_count > 0 else None)
         self.log_settings = LogSettings()
+        self.remotes = RemoteRepositories(options.remote_repositories, options.model_cache_dir)
+
+    def _repository_paths(self) -> list[Path]:
+        """The folders to scan: local repositories, then the mirrors of remote ones."""
+        return [*self.options.repositories, *self.remotes.paths()]
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         """Load the start-up models (all of them unless control mode is explicit)."""
         self._started = True
-        names, dupes = scan(self.options.repositories)
+        if self.remotes:
+            await asyncio.to_thread(self.remotes.sync)
+        names, dupes = scan(self._repository_paths())
         for name, reason in dupes.items():
             self.models[name] = ModelRecord(name, None, error=reason)
             log.error("failed to load '%s': %s", name, reason)
@@ -137,7 +147,9 @@ class InferenceServer:
     async def poll_once(self) -> None:
         """Apply what changed on disk: new models load, removed ones unload, changed ones reload
         (beside the old version, which keeps serving if the new one is broken)."""
-        names, dupes = await asyncio.to_thread(scan, self.options.repositories)
+        if self.remotes:
+            await asyncio.to_thread(self.remotes.sync)
+        names, dupes = await asyncio.to_thread(scan, self._repository_paths())
         prints = await asyncio.to_thread(lambda: {n: fingerprint(d) for n, d in names.items()})
         for name in [n for n in self.models if n not in names]:
             await self.unload_model(name)  # its folder is gone: drain, release, forget
@@ -179,6 +191,8 @@ class InferenceServer:
             return False
         if not self.options.strict_readiness:
             return True
+        if not self.remotes.ready():
+            return False  # a remote repository that never answered: its models are missing
         # Ready when every model that should serve serves at least one version: a broken new
         # version beside a serving one does not make the whole server unready (unlike Triton).
         # A model still loading counts only while it serves nothing: a version switch keeps the
@@ -301,7 +315,7 @@ class InferenceServer:
     # ------------------------------------------------------------------ repository
 
     def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
-        names, _ = scan(self.options.repositories)
+        names, _ = scan(self._repository_paths())
         entries: list[dict[str, Any]] = []
         for name in sorted(set(names) | set(self.models)):
             record = self.models.get(name)
@@ -372,13 +386,18 @@ class InferenceServer:
                 override = cfgmod.parse_json(config_json, f"load request for '{name}': config")
             except ConfigError as e:
                 raise invalid_arg(str(e)) from None
+        if self.remotes:
+            await asyncio.to_thread(self.remotes.sync, name)
         if files:
             self._write_files(name, files)
         await self.load_model(name, override=override)
 
     def _write_files(self, name: str, files: dict[str, bytes]) -> None:
-        names, _ = scan(self.options.repositories)
-        model_dir = names.get(name) or (self.options.repositories[0] / name)
+        paths = self._repository_paths()
+        if not paths:
+            raise unavailable("no model repository is available to write the files into")
+        names, _ = scan(paths)
+        model_dir = names.get(name) or (paths[0] / name)
         for rel, content in files.items():
             target = (model_dir / rel).resolve()
             if model_dir.resolve() not in target.parents:
@@ -401,7 +420,7 @@ class InferenceServer:
             await self._load_locked(name, override)
 
     async def _load_locked(self, name: str, override: ModelConfig | None) -> None:
-        names, dupes = scan(self.options.repositories)
+        names, dupes = scan(self._repository_paths())
         if name in dupes:
             log.error("failed to load '%s': %s", name, dupes[name])
             raise invalid_arg(dupes[name])
@@ -409,7 +428,9 @@ class InferenceServer:
         if model_dir is None:
             log.error("failed to load '%s': no such model in the model repository", name)
             raise ServerError(
-                Status.INTERNAL, f"failed to load '{name}', no such model in the model repository"
+                Status.INTERNAL,
+                f"failed to load '{name}', no such model in the model repository"
+                + "".join(f"; {e}" for e in self.remotes.errors()),
             )
         record = self.models.get(name)
         if record is None:
