@@ -237,6 +237,30 @@ def test_http_restriction_per_route(
     assert ok.status == 200, ok.body
 
 
+@pytest.mark.parametrize(
+    ("path", "key"),
+    [
+        ("/v2/trace/setting", "admin-key"),
+        ("/v2/models/add_sub/trace/setting", "admin-key"),
+        ("/v2/models/add_sub/versions/1/generate", "infer-key"),
+        ("/v2/models/add_sub/generate_stream", "infer-key"),
+    ],
+)
+def test_http_routes_we_do_not_serve_keep_their_group(repo: Path, path: str, key: str) -> None:
+    """Observed on tritonserver 2.51: a restricted group answers 403 on these routes too."""
+    http = parse_restriction("trace:admin-key=secret", "h", grpc=False)
+    parse_restriction("inference:infer-key=ik", "h", grpc=False, into=http)
+    app = start_app(repo, grpc=False, startup_models=["add_sub"], http_restricted=http)
+    try:
+        port = app.app.port("http")
+        r = request(port, "POST", path, b"{}")
+        assert r.status == 403 and r.error == HTTP_RESTRICTED.format(key)
+        allowed = {"admin-key": "secret", "infer-key": "ik"}
+        assert request(port, "POST", path, b"{}", allowed).status == 404  # not served
+    finally:
+        app.stop()
+
+
 def test_http_restriction_comes_before_the_method_check(restricted: AppThread) -> None:
     """As in Triton's handlers: RETURN_AND_RESPOND_IF_RESTRICTED is their first line."""
     port = restricted.app.port("http")

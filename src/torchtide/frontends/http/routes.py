@@ -34,6 +34,12 @@ _SHM = re.compile(
     r"/v2/(systemsharedmemory|cudasharedmemory)(?:/region/([^/]+))?/(status|register|unregister)"
 )
 _REPO = re.compile(r"/v2/repository(?:/([^/]+))?/(?:(index)|models/([^/]+)/(load|unload))")
+# Routes tritonserver has and torchtide does not serve (404). Their groups still apply, so that
+# a restricted group answers 403 there, as tritonserver does.
+_UNSERVED = re.compile(
+    r"/v2(?:/models/[^/]+(?:/versions/[0-9]+)?/(generate|generate_stream|trace/setting)"
+    r"|/trace/setting)"
+)
 
 _EMPTY_TEXT = Response(200, b"", b"text/plain")
 _NOT_LIVE = Response(400, b"", b"text/plain")
@@ -114,9 +120,13 @@ class Api:
         if self.access is None:
             return None
         found = self._route(path)
-        if found is None:
+        if found is not None:
+            group = found[0]
+        elif (m := _UNSERVED.fullmatch(path)) is not None:
+            group = ApiGroup.INFERENCE if m[1] and m[1] != "trace/setting" else ApiGroup.TRACE
+        else:
             return None
-        denial = self.access.check(found[0], headers)
+        denial = self.access.check(group, headers)
         return None if denial is None else denial_response(denial)
 
     def dispatch(self, req: Request) -> Reply:
