@@ -6,8 +6,11 @@ gRPC, in the same run. One command, one table.
 Two `torchtide serve` processes (this checkout) serve the same repository, one plaintext, one
 with TLS on both ports (certificates made by trustme, TLS 1.3). The load comes from the real
 tritonclient (HTTP and gRPC, one client and one thread per concurrent caller, keep-alive
-connections), rounds alternating plain and TLS so that drift hits both alike. A last row times
-fresh connections (TCP connect + TLS handshake + one GET /v2/health/ready). Ratios are TLS/plain.
+connections), rounds alternating plain and TLS so that drift hits both alike. Besides rate and
+median latency, the server process's CPU time per request (user + system, from /proc) is
+reported: the server's own cost, the figure least disturbed by other load on the machine. A last
+row times fresh connections (TCP connect + TLS handshake + one GET /v2/health/ready). Ratios are
+TLS/plain.
 """
 
 from __future__ import annotations
@@ -126,9 +129,15 @@ def inputs(mod: Any) -> list[Any]:
 class Cell:
     rate: float  # requests/s over all callers
     p50_ms: float
+    cpu_us: float  # server CPU time per request
 
 
-def closed_loop(make: Callable[[], Any], mod: Any, callers: int, seconds: float) -> Cell:
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def closed_loop(make: Callable[[], Any], mod: Any, callers: int, seconds: float, pid: int) -> Cell:
     """`callers` threads, each with its own client, call infer back to back for `seconds`."""
     latencies: list[list[float]] = [[] for _ in range(callers)]
     start = threading.Barrier(callers + 1)
@@ -150,21 +159,21 @@ def closed_loop(make: Callable[[], Any], mod: Any, callers: int, seconds: float)
     for t in threads:
         t.start()
     start.wait()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_seconds(pid)
     time.sleep(seconds)
     stop.set()
-    elapsed = time.perf_counter() - t0
     for t in threads:
         t.join()
+    elapsed, cpu = time.perf_counter() - t0, cpu_seconds(pid) - c0
     every = [x for xs in latencies for x in xs]
-    return Cell(len(every) / elapsed, statistics.median(every) * 1e3)
+    return Cell(len(every) / elapsed, statistics.median(every) * 1e3, cpu / len(every) * 1e6)
 
 
 def fresh_connections(s: Server, ca: Path, n: int) -> Cell:
     """n times: connect, (handshake,) GET /v2/health/ready, close."""
     ctx = ssl.create_default_context(cafile=ca) if s.tls else None
     times = []
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_seconds(s.proc.pid)
     for _ in range(n):
         t = time.perf_counter()
         raw = socket.create_connection(("127.0.0.1", s.http), timeout=30)
@@ -174,7 +183,8 @@ def fresh_connections(s: Server, ca: Path, n: int) -> Cell:
             pass
         sock.close()
         times.append(time.perf_counter() - t)
-    return Cell(n / (time.perf_counter() - t0), statistics.median(times) * 1e3)
+    cpu = cpu_seconds(s.proc.pid) - c0
+    return Cell(n / (time.perf_counter() - t0), statistics.median(times) * 1e3, cpu / n * 1e6)
 
 
 def main() -> None:
@@ -215,6 +225,7 @@ def main() -> None:
                                 mod,
                                 callers,
                                 args.seconds,
+                                s.proc.pid,
                             )
                             results.setdefault((proto, callers, mode), []).append(cell)
                 for mode, s in servers.items():
@@ -227,16 +238,19 @@ def main() -> None:
                 s.proc.wait(30)
 
     print(f"W1 add_sub, tritonclient, {args.rounds} rounds x {args.seconds:.0f} s, medians")
-    print(f"{'protocol':<13}{'callers':>8}{'plain req/s':>13}{'TLS req/s':>11}{'ratio':>7}"
-          f"{'plain p50 ms':>14}{'TLS p50 ms':>12}{'ratio':>7}")  # fmt: skip
+    print(f"{'protocol':<13}{'callers':>8}{'plain req/s':>12}{'TLS':>7}{'ratio':>7}"
+          f"{'plain p50 ms':>13}{'TLS':>7}{'ratio':>7}"
+          f"{'plain CPU us/req':>17}{'TLS':>6}{'ratio':>7}")  # fmt: skip
     for proto, callers in dict.fromkeys((k[0], k[1]) for k in results):
         plain, tls = results[proto, callers, "plain"], results[proto, callers, "tls"]
-        pr = statistics.median(c.rate for c in plain)
-        tr = statistics.median(c.rate for c in tls)
-        pl = statistics.median(c.p50_ms for c in plain)
-        tl = statistics.median(c.p50_ms for c in tls)
-        print(f"{proto:<13}{callers:>8}{pr:>13.0f}{tr:>11.0f}{tr / pr:>7.2f}"
-              f"{pl:>14.3f}{tl:>12.3f}{tl / pl:>7.2f}")  # fmt: skip
+        row = f"{proto:<13}{callers:>8}"
+        for attr, width, fmt in (("rate", 12, ".0f"), ("p50_ms", 13, ".3f"), ("cpu_us", 17, ".0f")):
+            p = statistics.median(getattr(c, attr) for c in plain)
+            t = statistics.median(getattr(c, attr) for c in tls)
+            tw = 7 if attr != "cpu_us" else 6
+            ratio = f"{t / p:.2f}" if p else "-"
+            row += f"{p:>{width}{fmt}}{t:>{tw}{fmt}}{ratio:>7}"
+        print(row)
 
 
 if __name__ == "__main__":
