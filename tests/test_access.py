@@ -507,6 +507,8 @@ def test_token_file_reload_keeps_the_last_good_tokens(tmp_path: Path) -> None:
     assert tf.granted("second") == {ApiGroup.INFERENCE, ApiGroup.STATISTICS}
     path.write_text("nonsense: third\n")  # invalid: the previous tokens stay
     assert tf.granted("second") is not None and tf.granted("third") is None
+    path.write_bytes(b"inference: \xff\xfe\n")  # not text: the previous tokens stay
+    assert tf.granted("second") is not None
     path.unlink()  # gone: the previous tokens stay
     assert tf.granted("second") is not None
     with pytest.raises(TokenFileError, match="cannot read the token file"):
@@ -611,3 +613,21 @@ def test_log_file_cannot_be_changed_over_the_network(repo: Path, tmp_path: Path)
         assert not Path(target).exists()
     finally:
         app.stop()
+
+
+def test_cli_refuses_a_bad_token_file(repo: Path, tmp_path: Path) -> None:
+    from tests.test_tls import serve
+
+    s = serve(repo, f"--auth-token-file={tmp_path / 'missing'}")
+    assert s.proc.wait(120) == 2
+    out = s.output()
+    assert "cannot read the token file" in out and "Traceback" not in out
+    bad = tmp_path / "tokens"
+    bad.write_text("inference: sekrit\nnope: other-sekrit\n")
+    s = serve(repo, f"--auth-token-file={bad}")
+    assert s.proc.wait(120) == 2
+    out = s.output()
+    assert "line 2: unknown API group 'nope'" in out and "sekrit" not in out
+    s = serve(repo, "--http-restricted-api=inference")
+    assert s.proc.wait(120) == 2
+    assert "--http-restricted-api option format is" in s.output()

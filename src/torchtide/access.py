@@ -196,6 +196,8 @@ class TokenFile:
             text = self.path.read_text()
         except OSError as e:
             raise TokenFileError(f"cannot read the token file {self.path}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise TokenFileError(f"the token file {self.path} is not UTF-8 text") from None
         try:
             grants = parse_token_file(text)
         except TokenFileError as e:
