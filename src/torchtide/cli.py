@@ -24,13 +24,6 @@ _IGNORED_FLAGS = frozenset(
         "--grpc-infer-thread-count",
         "--http-header-forward-pattern",
         "--grpc-header-forward-pattern",
-        "--http-restricted-api",
-        "--grpc-restricted-protocol",
-        "--grpc-use-ssl",
-        "--grpc-use-ssl-mutual",
-        "--grpc-server-cert",
-        "--grpc-server-key",
-        "--grpc-root-cert",
         "--metrics-interval-ms",
         "--metrics-config",
         "--trace-config",
@@ -168,7 +161,101 @@ def serve_parser(prog: str = "torchtide serve") -> argparse.ArgumentParser:
         help="the 'name' server metadata reports (ours; tritonserver's --id). Clients and "
         "Triton's example scripts check for 'triton'; torchtide's version is in 'version'",
     )
+    _add_security_flags(p)
     return p
+
+
+def _add_security_flags(p: argparse.ArgumentParser) -> None:
+    from torchtide.access import GROUP_NAMES
+
+    groups = ", ".join(GROUP_NAMES)
+    p.add_argument(
+        "--http-restricted-api",
+        action="append",
+        default=[],
+        metavar="APIS:KEY=VALUE",
+        help="as tritonserver: the comma-separated API groups need header KEY with VALUE "
+        f"(else 403); repeatable, a group at most once. Groups: {groups}",
+    )
+    p.add_argument(
+        "--grpc-restricted-protocol",
+        action="append",
+        default=[],
+        metavar="APIS:KEY=VALUE",
+        help="as tritonserver: the groups need metadata 'triton-grpc-protocol-KEY' with VALUE "
+        "(else UNAVAILABLE); repeatable",
+    )
+    p.add_argument(
+        "--auth-token-file",
+        type=Path,
+        metavar="PATH",
+        help="bearer tokens, lines '<api>[,<api>...]:<token>' ('*' = all groups); every group "
+        "not in --auth-open-api then needs 'Authorization: Bearer <token>'. Re-read on change",
+    )
+    p.add_argument(
+        "--auth-open-api",
+        default="health",
+        metavar="APIS",
+        help="API groups that need no bearer token ('' for none)",
+    )
+    for proto, ours in (("grpc", ""), ("http", " (ours; tritonserver has no HTTP TLS)")):
+        _add_bool(p, f"--{proto}-use-ssl", False, f"serve {proto.upper()} over TLS{ours}")
+        _add_bool(
+            p,
+            f"--{proto}-use-ssl-mutual",
+            False,
+            f"{proto.upper()} over TLS, requiring client certificates signed by "
+            f"--{proto}-root-cert (implies --{proto}-use-ssl)",
+        )
+        p.add_argument(f"--{proto}-server-cert", default="", metavar="PATH", help="PEM cert")
+        p.add_argument(f"--{proto}-server-key", default="", metavar="PATH", help="PEM key")
+        p.add_argument(
+            f"--{proto}-root-cert", default="", metavar="PATH", help="PEM CAs for client certs"
+        )
+
+
+def security_options(args: argparse.Namespace, log: logging.Logger) -> dict[str, object]:
+    """AppOptions' security fields from the flags; ValueError names a bad flag value."""
+    from torchtide.access import Restrictions, parse_groups, parse_restriction
+
+    http: Restrictions = {}
+    for arg in args.http_restricted_api:
+        parse_restriction(arg, "http-restricted-api", grpc=False, into=http)
+    grpc: Restrictions = {}
+    for arg in args.grpc_restricted_protocol:
+        parse_restriction(arg, "grpc-restricted-protocol", grpc=True, into=grpc)
+    return {
+        "http_restricted": http,
+        "grpc_restricted": grpc,
+        "auth_token_file": args.auth_token_file,
+        "auth_open_apis": parse_groups(args.auth_open_api),
+        "http_tls": _tls(args, "http", log),
+        "grpc_tls": _tls(args, "grpc", log),
+    }
+
+
+def _tls(args: argparse.Namespace, proto: str, log: logging.Logger) -> object:
+    from torchtide.tls import TlsOptions
+
+    mutual = getattr(args, f"{proto}_use_ssl_mutual")
+    use = getattr(args, f"{proto}_use_ssl") or mutual  # mutual preempts, as in tritonserver
+    cert, key, root = (
+        getattr(args, f"{proto}_{n}") for n in ("server_cert", "server_key", "root_cert")
+    )
+    if not use:
+        if cert or key or root:
+            log.warning(
+                "--%s-server-cert/-key/--%s-root-cert are ignored unless --%s-use-ssl is true",
+                proto,
+                proto,
+                proto,
+            )
+        return None
+    if not cert or not key:
+        raise ValueError(f"--{proto}-use-ssl needs --{proto}-server-cert and --{proto}-server-key")
+    if mutual and not root:
+        raise ValueError(f"--{proto}-use-ssl-mutual needs --{proto}-root-cert")
+    return TlsOptions(Path(cert), Path(key), Path(root) if root else None, mutual)
 
 
 class _JsonFormatter(logging.Formatter):
@@ -234,10 +321,16 @@ def cmd_serve(argv: list[str], prog: str = "torchtide serve") -> int:
         log.error("%s", e)
         return EXIT_USAGE
 
+    from torchtide.access import TokenFileError
     from torchtide.app import App, AppOptions
     from torchtide.logsettings import LogSettings, model_table
     from torchtide.server import ServerOptions
+    from torchtide.tls import TlsError
 
+    try:
+        security = security_options(args, log)
+    except ValueError as bad:
+        parser.error(str(bad))
     fmt = args.log_format if args.log_format != "json" else "default"
     options = AppOptions(
         server=ServerOptions(
@@ -260,6 +353,7 @@ def cmd_serve(argv: list[str], prog: str = "torchtide serve") -> int:
         metrics_address=args.metrics_address,
         http_max_input_size=args.http_max_input_size,
         allow_client_shm=args.allow_client_shm,
+        **security,  # type: ignore[arg-type]
     )
 
     async def main() -> int:
@@ -277,7 +371,11 @@ def cmd_serve(argv: list[str], prog: str = "torchtide serve") -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await app.start()  # each listener and each model's load announce themselves
+        try:
+            await app.start()  # each listener and each model's load announce themselves
+        except (TlsError, TokenFileError) as bad:
+            log.error("%s", bad)
+            return EXIT_USAGE
         index = app.server.repository_index()
         log.info("\n%s", model_table(index))
         failed = [e for e in index if e.get("state") == "UNAVAILABLE"]

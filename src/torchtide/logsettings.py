@@ -59,7 +59,8 @@ class LogSettings:
                     raise invalid_arg(f"expecting a string for 'log_file', got {value!r}")
                 if value != self.values["log_file"]:
                     raise invalid_arg(
-                        "changing log_file at run time is not supported; use --log-file"
+                        "log_file cannot be changed over the network (a client could make the "
+                        "server write any file); start the server with --log-file"
                     )
             else:
                 raise invalid_arg(f"unknown logging setting '{key}'")

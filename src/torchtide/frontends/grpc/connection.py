@@ -96,11 +96,17 @@ class Stream:
     local_closed: bool = False
 
 
-class Hub:
-    """What a listener's connections share: the method table and the live connections."""
+# Access control: (path, request headers) → a refusal's status and message, or None.
+Admit = Callable[[str, h2.Headers], "tuple[grpc.StatusCode, str] | None"]
 
-    def __init__(self, methods: dict[str, Method]) -> None:
+
+class Hub:
+    """What a listener's connections share: the method table, access control, and the live
+    connections."""
+
+    def __init__(self, methods: dict[str, Method], admit: Admit | None = None) -> None:
         self.methods = methods
+        self.admit = admit  # asked when a stream opens, before any of its body is buffered
         self.connections: set[GrpcConnection] = set()
         self.idle = asyncio.Event()  # no RPC running on any connection
         self.idle.set()
@@ -334,6 +340,8 @@ class GrpcConnection(asyncio.Protocol):
             self._local_end(stream)
         elif method is None:
             self.finish(stream, grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {path}")
+        elif self.hub.admit is not None and (refusal := self.hub.admit(path, headers)):
+            self.finish(stream, *refusal)
         elif encoding not in ("identity", "gzip", "deflate"):
             self.finish(
                 stream, grpc.StatusCode.UNIMPLEMENTED, f"unsupported grpc-encoding '{encoding}'"

@@ -20,6 +20,8 @@ REASONS: dict[int, bytes] = {
     100: b"Continue",
     200: b"OK",
     400: b"Bad Request",
+    401: b"Unauthorized",
+    403: b"Forbidden",
     404: b"Not Found",
     405: b"Method Not Allowed",
     413: b"Payload Too Large",

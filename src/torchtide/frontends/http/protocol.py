@@ -59,6 +59,7 @@ class Response:
 
 
 Handler = Callable[[Request], "Response | Coroutine[Any, Any, Response]"]
+Admit = Callable[[str, dict[str, str]], "Response | None"]  # (path, headers) → a refusal or None
 
 
 class Hub:
@@ -66,9 +67,14 @@ class Hub:
     connections."""
 
     def __init__(
-        self, dispatch: Handler, on_error: Callable[[Exception], Response], max_input_size: int
+        self,
+        dispatch: Handler,
+        on_error: Callable[[Exception], Response],
+        max_input_size: int,
+        admit: Admit | None = None,
     ) -> None:
         self.dispatch = dispatch
+        self.admit = admit  # access control, asked once the headers are in (before the body)
         self.on_error = on_error
         self.max_input_size = max_input_size
         self.connections: set[HttpConnection] = set()
@@ -108,6 +114,7 @@ class HttpConnection(asyncio.Protocol):
         self._chunks: list[bytes] = []
         self._size = 0
         self._head = 0  # bytes of request line and headers so far
+        self._denied: Response | None = None  # refused by access control: the body is dropped
         self._linger: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ transport events
@@ -155,6 +162,7 @@ class HttpConnection(asyncio.Protocol):
         self._headers = {}
         self._chunks = []
         self._size = 0
+        self._denied = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -176,7 +184,10 @@ class HttpConnection(asyncio.Protocol):
         if length is not None and length.isdigit() and int(length) > self.hub.max_input_size:
             self._refuse(self._too_large(f"request body of {int(length)} bytes"))
             raise _Refused
+        if self.hub.admit is not None:
+            self._denied = self.hub.admit(_path(self._url), self._headers)
         expect = self._headers.get("expect", "").lower() == "100-continue"
+        expect = expect and self._denied is None
         if expect and self.transport and self.task is None and not self.queue:
             # Only when nothing is owed before it: an interim reply must not overtake a reply.
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -188,23 +199,22 @@ class HttpConnection(asyncio.Protocol):
                 self._too_large(f"request body of more than {self._size - len(body)} bytes")
             )
             raise _Refused
-        self._chunks.append(body)
+        if self._denied is None:
+            self._chunks.append(body)
 
     def on_message_complete(self) -> None:
         chunks = self._chunks
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        url = self._url
-        q = url.find(b"?")
-        path = (url if q < 0 else url[:q]).decode("latin-1")
         parser = self.parser
         self.queue.append(
             Request(
                 parser.get_method().decode("ascii"),
-                path,
+                _path(self._url),
                 self._headers,
                 body,
                 parser.should_keep_alive(),
                 parser.get_http_version() == "1.0",
+                self._denied,
             )
         )
         self._chunks = []
@@ -337,6 +347,11 @@ def _log_failure(req: Request, resp: Response) -> None:
         reason = resp.body[:200].decode("utf-8", "replace")
     what = f"{req.method} {req.path}" if req.method else "a malformed request"
     log.debug("HTTP %s failed: %d %s", what, resp.status, reason)
+
+
+def _path(url: bytes) -> str:
+    q = url.find(b"?")
+    return (url if q < 0 else url[:q]).decode("latin-1")
 
 
 def _pick_encoding(accept: str) -> bytes | None:

@@ -18,6 +18,7 @@ from urllib.parse import unquote
 
 import orjson
 
+from torchtide.access import AccessPolicy, ApiGroup, Denial, Refusal
 from torchtide.config import to_json_dict
 from torchtide.errors import ServerError, unsupported
 from torchtide.frontends.http.decode import ShmAccess, decode_raw_request, decode_request
@@ -33,6 +34,12 @@ _SHM = re.compile(
     r"/v2/(systemsharedmemory|cudasharedmemory)(?:/region/([^/]+))?/(status|register|unregister)"
 )
 _REPO = re.compile(r"/v2/repository(?:/([^/]+))?/(?:(index)|models/([^/]+)/(load|unload))")
+# Routes tritonserver has and torchtide does not serve (404). Their groups still apply, so that
+# a restricted group answers 403 there, as tritonserver does.
+_UNSERVED = re.compile(
+    r"/v2(?:/models/[^/]+(?:/versions/[0-9]+)?/(generate|generate_stream|trace/setting)"
+    r"|/trace/setting)"
+)
 
 _EMPTY_TEXT = Response(200, b"", b"text/plain")
 _NOT_LIVE = Response(400, b"", b"text/plain")
@@ -42,6 +49,21 @@ _NOT_ALLOWED = Response.error(405, "Method Not Allowed")
 
 Reply = Response | Coroutine[Any, Any, Response]
 Endpoint = Callable[..., Reply]
+Route = tuple[ApiGroup, dict[str, Endpoint], tuple[Any, ...]]
+
+# The one mapping from an access refusal to an HTTP status (Triton's restriction: 403).
+REFUSAL_STATUS: dict[Refusal, int] = {
+    Refusal.RESTRICTED: 403,
+    Refusal.UNAUTHENTICATED: 401,
+    Refusal.FORBIDDEN: 403,
+}
+
+
+def denial_response(denial: Denial) -> Response:
+    resp = Response.error(REFUSAL_STATUS[denial.reason], denial.message)
+    if denial.reason is Refusal.UNAUTHENTICATED:
+        resp.headers.append((b"WWW-Authenticate", b'Bearer realm="torchtide"'))
+    return resp
 
 
 def error_response(e: BaseException) -> Response:
@@ -54,18 +76,26 @@ def error_response(e: BaseException) -> Response:
 
 class Api:
     def __init__(
-        self, server: InferenceServer, *, allow_client_shm: bool, max_input_size: int
+        self,
+        server: InferenceServer,
+        *,
+        allow_client_shm: bool,
+        max_input_size: int,
+        access: AccessPolicy | None = None,
     ) -> None:
         self.server = server
+        self.access = access if access is not None and access.active else None
         self.allow_client_shm = allow_client_shm
         self.max_input_size = max_input_size
         self.shm = ShmAccess(server.shm, allow_client_shm)
-        self._model_routes: dict[str | None, dict[str, Endpoint]] = {
-            "infer": {"POST": self.infer},
-            "ready": {"GET": self.model_ready},
-            "config": {"GET": self.model_config},
-            "stats": {"GET": self.stats},
-            None: {"GET": self.model_metadata},
+        # Each route's API group is Triton's (http_server.cc: RETURN_AND_RESPOND_IF_RESTRICTED).
+        g = ApiGroup
+        self._model_routes: dict[str | None, tuple[ApiGroup, dict[str, Endpoint]]] = {
+            "infer": (g.INFERENCE, {"POST": self.infer}),
+            "ready": (g.HEALTH, {"GET": self.model_ready}),
+            "config": (g.MODEL_CONFIG, {"GET": self.model_config}),
+            "stats": (g.STATISTICS, {"GET": self.stats}),
+            None: (g.METADATA, {"GET": self.model_metadata}),
         }
         self._shm_routes: dict[tuple[str, str], dict[str, Endpoint]] = {
             ("systemsharedmemory", "status"): {"GET": self.shm_status},
@@ -75,21 +105,36 @@ class Api:
             ("cudasharedmemory", "register"): {"POST": self.cuda_register},
             ("cudasharedmemory", "unregister"): {"POST": self.cuda_unregister},
         }
-        self._fixed: dict[str, dict[str, Endpoint]] = {
-            "/v2": {"GET": self.server_metadata},
-            "/v2/health/live": {"GET": self.live},
-            "/v2/health/ready": {"GET": self.ready},
-            "/v2/logging": {"GET": self.logging, "POST": self.logging},
+        self._fixed: dict[str, tuple[ApiGroup, dict[str, Endpoint]]] = {
+            "/v2": (g.METADATA, {"GET": self.server_metadata}),
+            "/v2/health/live": (g.HEALTH, {"GET": self.live}),
+            "/v2/health/ready": (g.HEALTH, {"GET": self.ready}),
+            "/v2/logging": (g.LOGGING, {"GET": self.logging, "POST": self.logging}),
         }
 
     # ------------------------------------------------------------------ dispatch
+
+    def admit(self, path: str, headers: dict[str, str]) -> Response | None:
+        """Access control, once the request's headers are in: a refusal, or None. Unknown paths
+        pass (404 later); as in Triton, the check comes before the method's (403 before 405)."""
+        if self.access is None:
+            return None
+        found = self._route(path)
+        if found is not None:
+            group = found[0]
+        elif (m := _UNSERVED.fullmatch(path)) is not None:
+            group = ApiGroup.INFERENCE if m[1] and m[1] != "trace/setting" else ApiGroup.TRACE
+        else:
+            return None
+        denial = self.access.check(group, headers)
+        return None if denial is None else denial_response(denial)
 
     def dispatch(self, req: Request) -> Reply:
         try:
             found = self._route(req.path)
             if found is None:
                 return _NOT_FOUND
-            methods, args = found
+            _, methods, args = found
             handler = methods.get(req.method)
             if handler is None:
                 return _NOT_ALLOWED
@@ -98,25 +143,25 @@ class Api:
             return error_response(e)
         return result  # a Response, or a coroutine whose errors the connection maps back here
 
-    def _route(self, path: str) -> tuple[dict[str, Endpoint], tuple[Any, ...]] | None:
+    def _route(self, path: str) -> Route | None:
         if path == "/v2/models/stats":
-            return self._model_routes["stats"], ("", "")
+            return *self._model_routes["stats"], ("", "")
         m = _MODEL.fullmatch(path)
         if m is not None:
-            return self._model_routes[m[3]], (unquote(m[1]), m[2] or "")
+            return *self._model_routes[m[3]], (unquote(m[1]), m[2] or "")
         fixed = self._fixed.get(path)
         if fixed is not None:
-            return fixed, ()
+            return *fixed, ()
         m = _SHM.fullmatch(path)
         if m is not None:
-            return self._shm_routes[m[1], m[3]], (unquote(m[2] or ""),)
+            return ApiGroup.SHARED_MEMORY, self._shm_routes[m[1], m[3]], (unquote(m[2] or ""),)
         m = _REPO.fullmatch(path)
         if m is not None:
             repo = unquote(m[1] or "")
             if m[2] == "index":
-                return {"POST": self.repository_index}, (repo,)
+                return ApiGroup.MODEL_REPOSITORY, {"POST": self.repository_index}, (repo,)
             action = self.load if m[4] == "load" else self.unload
-            return {"POST": action}, (repo, unquote(m[3]))
+            return ApiGroup.MODEL_REPOSITORY, {"POST": action}, (repo, unquote(m[3]))
         return None
 
     # ------------------------------------------------------------------ bodies
