@@ -11,6 +11,7 @@ from typing import Any, Protocol
 import uvloop
 from prometheus_client import CollectorRegistry
 
+from torchtide.frontends.limits import GrpcLimits, HttpLimits
 from torchtide.server import InferenceServer, ServerOptions
 
 
@@ -32,6 +33,8 @@ class AppOptions:
     grpc_address: str = "0.0.0.0"
     metrics_address: str = "0.0.0.0"
     http_max_input_size: int = 64 * 2**20
+    http_limits: HttpLimits = field(default_factory=HttpLimits)  # timeouts, connections
+    grpc_limits: GrpcLimits = field(default_factory=GrpcLimits)  # message size, HTTP/2 floods
     allow_client_shm: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -55,12 +58,17 @@ class App:
                 o.http_port,
                 max_input_size=o.http_max_input_size,
                 allow_client_shm=o.allow_client_shm,
+                limits=o.http_limits,
             )
         if o.grpc_port is not None:
             from torchtide.frontends.grpc import GrpcFrontend
 
             self.frontends["grpc"] = GrpcFrontend(
-                self.server, o.grpc_address, o.grpc_port, allow_client_shm=o.allow_client_shm
+                self.server,
+                o.grpc_address,
+                o.grpc_port,
+                allow_client_shm=o.allow_client_shm,
+                limits=o.grpc_limits,
             )
         if o.metrics_port is not None:
             from torchtide.frontends.metrics import MetricsFrontend

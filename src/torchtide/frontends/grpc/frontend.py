@@ -15,6 +15,7 @@ from tritonclient.grpc import service_pb2 as pb
 
 from torchtide.frontends.grpc.connection import AbortError, GrpcConnection, Hub, Kind, Method
 from torchtide.frontends.grpc.service import InferenceService
+from torchtide.frontends.limits import GrpcLimits
 from torchtide.server import InferenceServer
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -85,11 +86,13 @@ class GrpcFrontend:
         *,
         allow_client_shm: bool = False,
         grace_s: float | None = None,
+        limits: GrpcLimits | None = None,
     ) -> None:
         self.server = server
         self.host = host
         self.port = port
         self.grace_s = server.options.exit_timeout_s if grace_s is None else grace_s
+        self.limits = limits or GrpcLimits()
         self.service = InferenceService(server, allow_client_shm=allow_client_shm)
         self.health = HealthService(server)
         self._listener: asyncio.base_events.Server | None = None
@@ -103,7 +106,7 @@ class GrpcFrontend:
     async def start(self) -> None:
         methods = method_table(pb.DESCRIPTOR, "GRPCInferenceService", self.service)
         methods |= method_table(health_pb2.DESCRIPTOR, "Health", self.health)
-        hub = Hub(methods)
+        hub = Hub(methods, self.limits)
         loop = asyncio.get_running_loop()
         try:
             # No SO_REUSEPORT: a second server on a taken port must fail, not share it.

@@ -8,6 +8,7 @@ import logging
 
 from torchtide.frontends.http.protocol import HttpConnection, Hub
 from torchtide.frontends.http.routes import Api, error_response
+from torchtide.frontends.limits import HttpLimits
 from torchtide.server import InferenceServer
 
 __all__ = ["HttpFrontend"]
@@ -27,22 +28,25 @@ class HttpFrontend:
         max_input_size: int = DEFAULT_MAX_INPUT_SIZE,
         allow_client_shm: bool = False,
         drain_timeout_s: float = 30.0,
+        limits: HttpLimits | None = None,
     ) -> None:
         self.server = server
         self.host = host
         self.port = port
         self.max_input_size = max_input_size
         self.drain_timeout_s = drain_timeout_s
+        self.limits = limits or HttpLimits()
         self.api = Api(server, allow_client_shm=allow_client_shm, max_input_size=max_input_size)
         self._hub: Hub | None = None
         self._listener: asyncio.Server | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        hub = self._hub = Hub(self.api.dispatch, error_response, self.max_input_size)
+        hub = self._hub = Hub(self.api.dispatch, error_response, self.max_input_size, self.limits)
         self._listener = await loop.create_server(
             lambda: HttpConnection(hub), self.host, self.port, reuse_address=True, backlog=1024
         )
+        hub.start()
         self.port = int(self._listener.sockets[0].getsockname()[1])
         log.info("HTTP front-end listening on %s:%d", self.host, self.port)
 
@@ -68,4 +72,5 @@ class HttpFrontend:
                 if conn.transport is not None:
                     conn.transport.abort()
         await listener.wait_closed()
+        hub.close()
         self._hub = self._listener = None
