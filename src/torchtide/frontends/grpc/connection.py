@@ -338,8 +338,9 @@ class GrpcConnection(asyncio.Protocol):
         if stream is None:
             self._count_control()  # already closed: nothing to do, but not free to flood
             return
+        working = not stream.local_closed
         self._drop(stream)
-        if not stream.local_closed:  # reset while we worked on it (CVE-2023-44487 when rapid)
+        if working:  # reset before its answer (CVE-2023-44487 when rapid)
             self.reset_debt += 1
             if self.reset_debt > self.limits.max_resets:
                 raise h2.ProtocolError(
