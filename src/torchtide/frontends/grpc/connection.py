@@ -151,8 +151,10 @@ class GrpcConnection(asyncio.Protocol):
         self.preface = False
         self.limits = limits = hub.limits
         self.max_message = limits.max_message_size
+        self.max_streams = limits.max_concurrent_streams
         self.decoder = h2.HeaderDecoder(limits.max_header_list_size)
         self.header_bytes = 0  # of the header block being received, frame headers included
+        self.max_header_payload = limits.max_header_list_size - h2.FRAME_HEADER_SIZE + 1
         self.control = 0  # control frames counted in the window that began at control_since
         self.control_since = float("-inf")
         self.reset_debt = 0  # streams the client reset while we worked, less those answered since
@@ -425,7 +427,9 @@ class GrpcConnection(asyncio.Protocol):
 
     def _headers(self, flags: int, sid: int, payload: memoryview) -> None:
         self.header_bytes = 0
-        self._count_header_bytes(len(payload))
+        if len(payload) >= self.max_header_payload:
+            self._count_header_bytes(len(payload))  # raises
+        self.header_bytes = h2.FRAME_HEADER_SIZE + len(payload)
         body = h2.unpad(flags, payload)
         if flags & h2.PRIORITY_FLAG:
             body = body[5:]
@@ -447,7 +451,7 @@ class GrpcConnection(asyncio.Protocol):
         if self.refusing:
             self._write(h2.rst_stream(sid, h2.REFUSED_STREAM))
             return
-        if len(self.streams) >= self.limits.max_concurrent_streams:
+        if len(self.streams) >= self.max_streams:
             self._count_control()  # refused at once: as cheap to send as a control frame
             self._write(h2.rst_stream(sid, h2.REFUSED_STREAM))
             return
