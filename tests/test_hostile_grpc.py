@@ -641,3 +641,36 @@ def test_rapid_reset_flood_is_cut(port: int, grpc_log: list[str]) -> None:
     if any(f[0] == h2.GOAWAY for f in frames):
         assert goaway_code(frames) == h2.ENHANCE_YOUR_CALM
     assert any("--grpc-max-resets" in m for m in grpc_log)
+
+
+def test_many_typed_elements_are_converted_off_the_loop(
+    port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Typed `contents` become numpy arrays element by element (about a microsecond each): a
+    request with many is converted in a worker thread; a small one, on the loop."""
+    from torchtide.frontends.grpc import service
+
+    threads: list[str] = []
+    real = service.decode_request
+
+    def spy(*args: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(service, "decode_request", spy)
+    raw = RawClient(port, {h2.SETTINGS_INITIAL_WINDOW_SIZE: MiB})  # room for the 80 KB answer
+    try:
+        raw.send(h2.window_update(0, MiB))
+        for sid, n in ((1, 16), (3, 20_000)):
+            req = pb.ModelInferRequest(model_name="identity")
+            t = req.inputs.add(name="IN_FP32", datatype="FP32", shape=[1, n])
+            t.contents.fp32_contents.extend(np.arange(n, dtype=np.float32).tolist())
+            req.outputs.add(name="OUT_FP32")
+            raw.call(sid, SERVICE + "ModelInfer", req.SerializeToString())
+            headers, body = raw.response(sid)
+            assert headers["grpc-status"] == "0", headers.get("grpc-message")
+            out = pb.ModelInferResponse.FromString(body[5:]).raw_output_contents[0]
+            np.testing.assert_array_equal(np.frombuffer(out, np.float32), np.arange(n))
+    finally:
+        raw.close()
+    assert threads[0] == "torchtide-app" and threads[1] != "torchtide-app"

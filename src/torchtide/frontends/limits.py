@@ -16,6 +16,7 @@ MiB: Final = 2**20
 # (asyncio.to_thread); smaller ones are decoded in place, where a thread hop would cost more.
 OFFLOAD_JSON_BYTES: Final = 1 * MiB  # HTTP: JSON text of an infer or control request
 OFFLOAD_PROTOBUF_BYTES: Final = 4 * MiB  # gRPC: a request message
+OFFLOAD_TYPED_ELEMENTS: Final = 16384  # gRPC: typed `contents` elements (~1 ms to convert)
 FLOOD_WINDOW_S: Final = 10.0  # the window over which gRPC control frames are counted
 
 
