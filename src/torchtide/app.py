@@ -14,6 +14,7 @@ import uvloop
 from prometheus_client import CollectorRegistry
 
 from torchtide.access import AccessPolicy, ApiGroup, Restrictions, TokenFile, grpc_policy
+from torchtide.frontends.limits import GrpcLimits, HttpLimits
 from torchtide.server import InferenceServer, ServerOptions
 from torchtide.tls import TlsOptions, server_context
 
@@ -36,6 +37,8 @@ class AppOptions:
     grpc_address: str = "0.0.0.0"
     metrics_address: str = "0.0.0.0"
     http_max_input_size: int = 64 * 2**20
+    http_limits: HttpLimits = field(default_factory=HttpLimits)  # timeouts, connections
+    grpc_limits: GrpcLimits = field(default_factory=GrpcLimits)  # message size, HTTP/2 floods
     allow_client_shm: bool = False
     # Security (README "Security"): TLS per listener, Triton's restricted API groups per
     # protocol, and bearer tokens (one file for both protocols) for every group not left open.
@@ -90,6 +93,7 @@ class App:
                 allow_client_shm=o.allow_client_shm,
                 ssl_context=sec.http_ssl,
                 access=sec.http_access,
+                limits=o.http_limits,
             )
         if o.grpc_port is not None:
             from torchtide.frontends.grpc import GrpcFrontend
@@ -101,6 +105,7 @@ class App:
                 allow_client_shm=o.allow_client_shm,
                 ssl_context=sec.grpc_ssl,
                 access=sec.grpc_access,
+                limits=o.grpc_limits,
             )
         if o.metrics_port is not None:
             from torchtide.frontends.metrics import MetricsFrontend

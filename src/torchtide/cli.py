@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from torchtide import __version__
+from torchtide.frontends.limits import GrpcLimits, HttpLimits
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -88,6 +89,47 @@ def _repository(text: str) -> Path | str:
     return text
 
 
+def _count(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{value}'")
+    return n
+
+
+def _seconds(value: str) -> float:
+    t = float(value)
+    if not t >= 0:
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0 (0: no limit), got '{value}'")
+    return t
+
+
+def _add_limits(p: argparse.ArgumentParser) -> None:
+    """Ours (tritonserver has none of these): what one client may hold; README "Limits"."""
+    h, g = HttpLimits(), GrpcLimits()
+    for flag, default, text in (
+        ("header", h.header_timeout_s, "for a request's headers (or a first request), else 408"),
+        ("body", h.body_timeout_s, "for more of a request body after a pause, else 408"),
+        ("idle", h.idle_timeout_s, "before an idle keep-alive connection is closed"),
+    ):
+        p.add_argument(
+            f"--http-{flag}-timeout-secs", type=_seconds, default=default, help=f"wait {text}"
+        )
+    p.add_argument(
+        "--http-max-connections",
+        type=_count,
+        default=h.max_connections,
+        help="open HTTP connections; more are answered 503 and closed",
+    )
+    for flag, default, text in (
+        ("message-size", g.max_message_size, "bytes of a request message, also decompressed"),
+        ("header-list-size", g.max_header_list_size, "bytes of a request's header block"),
+        ("concurrent-streams", g.max_concurrent_streams, "open streams per connection"),
+        ("control-frames", g.max_control_frames, "SETTINGS/PING/... frames per connection/10 s"),
+        ("resets", g.max_resets, "streams a client resets while served, beyond those answered"),
+    ):
+        p.add_argument(f"--grpc-max-{flag}", type=_count, default=default, help=text)
+
+
 def serve_parser(prog: str = "torchtide serve") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
@@ -140,6 +182,7 @@ def serve_parser(prog: str = "torchtide serve") -> argparse.ArgumentParser:
     p.add_argument("--grpc-address", default="0.0.0.0")
     p.add_argument("--metrics-address", default="0.0.0.0")
     p.add_argument("--http-max-input-size", type=int, default=64 * 2**20, metavar="BYTES")
+    _add_limits(p)
     _add_bool(p, "--allow-client-shm", False, "allow clients to register shared memory")
     p.add_argument("--log-verbose", type=int, default=0, metavar="LEVEL")
     _add_bool(p, "--log-info", True, "log info messages")
@@ -354,6 +397,19 @@ def cmd_serve(argv: list[str], prog: str = "torchtide serve") -> int:
         http_max_input_size=args.http_max_input_size,
         allow_client_shm=args.allow_client_shm,
         **security,  # type: ignore[arg-type]
+        http_limits=HttpLimits(
+            header_timeout_s=args.http_header_timeout_secs,
+            body_timeout_s=args.http_body_timeout_secs,
+            idle_timeout_s=args.http_idle_timeout_secs,
+            max_connections=args.http_max_connections,
+        ),
+        grpc_limits=GrpcLimits(
+            max_message_size=args.grpc_max_message_size,
+            max_header_list_size=args.grpc_max_header_list_size,
+            max_concurrent_streams=args.grpc_max_concurrent_streams,
+            max_control_frames=args.grpc_max_control_frames,
+            max_resets=args.grpc_max_resets,
+        ),
     )
 
     async def main() -> int:

@@ -26,6 +26,7 @@ from torchtide.frontends.grpc.connection import (
     Method,
 )
 from torchtide.frontends.grpc.service import InferenceService
+from torchtide.frontends.limits import GrpcLimits
 from torchtide.server import InferenceServer
 
 log = logging.getLogger("torchtide.grpc")
@@ -123,6 +124,7 @@ class GrpcFrontend:
         grace_s: float | None = None,
         ssl_context: ssl.SSLContext | None = None,
         access: AccessPolicy | None = None,
+        limits: GrpcLimits | None = None,
     ) -> None:
         self.server = server
         self.host = host
@@ -130,6 +132,7 @@ class GrpcFrontend:
         self.ssl_context = ssl_context  # TLS (ALPN h2), or plaintext HTTP/2 when None
         self.access = access
         self.grace_s = server.options.exit_timeout_s if grace_s is None else grace_s
+        self.limits = limits or GrpcLimits()
         self.service = InferenceService(server, allow_client_shm=allow_client_shm)
         self.health = HealthService(server)
         self._listener: asyncio.base_events.Server | None = None
@@ -144,7 +147,11 @@ class GrpcFrontend:
         methods = method_table(pb.DESCRIPTOR, "GRPCInferenceService", self.service)
         methods |= method_table(health_pb2.DESCRIPTOR, "Health", self.health)
         access = self.access
-        hub = Hub(methods, access_check(methods, access) if access and access.active else None)
+        hub = Hub(
+            methods,
+            self.limits,
+            access_check(methods, access) if access and access.active else None,
+        )
         loop = asyncio.get_running_loop()
         try:
             # No SO_REUSEPORT: a second server on a taken port must fail, not share it.

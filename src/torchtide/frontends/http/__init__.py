@@ -10,6 +10,7 @@ import ssl
 from torchtide.access import AccessPolicy
 from torchtide.frontends.http.protocol import HttpConnection, Hub
 from torchtide.frontends.http.routes import Api, error_response
+from torchtide.frontends.limits import HttpLimits
 from torchtide.server import InferenceServer
 
 __all__ = ["HttpFrontend"]
@@ -31,12 +32,14 @@ class HttpFrontend:
         drain_timeout_s: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
         access: AccessPolicy | None = None,
+        limits: HttpLimits | None = None,
     ) -> None:
         self.server = server
         self.host = host
         self.port = port
         self.max_input_size = max_input_size
         self.drain_timeout_s = drain_timeout_s
+        self.limits = limits or HttpLimits()
         self.ssl_context = ssl_context  # HTTPS when set
         self.api = Api(
             server, allow_client_shm=allow_client_shm, max_input_size=max_input_size, access=access
@@ -47,7 +50,9 @@ class HttpFrontend:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         admit = self.api.admit if self.api.access is not None else None
-        hub = self._hub = Hub(self.api.dispatch, error_response, self.max_input_size, admit)
+        hub = self._hub = Hub(
+            self.api.dispatch, error_response, self.max_input_size, self.limits, admit
+        )
         self._listener = await loop.create_server(
             lambda: HttpConnection(hub),
             self.host,
@@ -56,6 +61,7 @@ class HttpFrontend:
             backlog=1024,
             ssl=self.ssl_context,
         )
+        hub.start()
         self.port = int(self._listener.sockets[0].getsockname()[1])
         tls = " (TLS)" if self.ssl_context else ""
         log.info("Started HTTPService at %s:%d%s", self.host, self.port, tls)
@@ -82,4 +88,5 @@ class HttpFrontend:
                 if conn.transport is not None:
                     conn.transport.abort()
         await listener.wait_closed()
+        hub.close()
         self._hub = self._listener = None

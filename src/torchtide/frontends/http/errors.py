@@ -24,6 +24,7 @@ REASONS: dict[int, bytes] = {
     403: b"Forbidden",
     404: b"Not Found",
     405: b"Method Not Allowed",
+    408: b"Request Timeout",
     413: b"Payload Too Large",
     500: b"Internal Server Error",
     501: b"Not Implemented",

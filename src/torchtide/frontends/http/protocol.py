@@ -5,6 +5,11 @@ no answer. Keep-alive and pipelining: requests on one connection are answered st
 request that needs the core runs as one task while later ones wait in a small queue (reading
 pauses when it fills). Bodies are counted as they arrive and refused past `max_input_size`
 before they are buffered whole. A client that goes away cancels its in-flight request.
+
+Slow and idle clients are bounded (frontends/limits.py, HttpLimits): one sweeper task per
+listener closes connections past a timeout (request headers 408, a stalled body 408, an idle
+keep-alive connection silently), so the hot path pays one clock read per read; connections past
+`max_connections` are answered 503 and closed.
 """
 
 from __future__ import annotations
@@ -21,12 +26,14 @@ import httptools
 import orjson
 
 from torchtide.frontends.http.errors import REASONS
+from torchtide.frontends.limits import HttpLimits
 
 log = logging.getLogger("torchtide.http")
 MAX_PIPELINED = 32  # queued requests per connection before reading pauses
 MAX_HEAD_BYTES = 64 * 1024  # request line + headers
 MIN_COMPRESS = 1024  # smaller infer replies are sent as they are even when the client accepts gzip
 LINGER_S = 2.0  # after a refusal, read and drop what the client still sends, then close
+SWEEP_S = 1.0  # how often timeouts are checked, at most (a quarter of the shortest, if less)
 
 
 @dataclass(slots=True)
@@ -71,16 +78,40 @@ class Hub:
         dispatch: Handler,
         on_error: Callable[[Exception], Response],
         max_input_size: int,
+        limits: HttpLimits | None = None,
         admit: Admit | None = None,
     ) -> None:
         self.dispatch = dispatch
         self.admit = admit  # access control, asked once the headers are in (before the body)
         self.on_error = on_error
         self.max_input_size = max_input_size
+        self.limits = limits or HttpLimits()
         self.connections: set[HttpConnection] = set()
         self.stopping = False
         self.all_closed = asyncio.Event()
         self.all_closed.set()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start enforcing the timeouts (those that are not 0)."""
+        lim = self.limits
+        timeouts = [t for t in (lim.header_timeout_s, lim.body_timeout_s, lim.idle_timeout_s) if t]
+        if timeouts and self._sweeper is None:
+            interval = min(SWEEP_S, min(timeouts) / 4)
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep(interval))
+
+    def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+
+    async def _sweep(self, interval: float) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            for conn in list(self.connections):
+                conn.check_timeouts(now)
 
     def add(self, conn: HttpConnection) -> None:
         self.connections.add(conn)
@@ -116,6 +147,11 @@ class HttpConnection(asyncio.Protocol):
         self._head = 0  # bytes of request line and headers so far
         self._denied: Response | None = None  # refused by access control: the body is dropped
         self._linger: asyncio.TimerHandle | None = None
+        # For the timeouts (checked by the hub's sweeper, not by timers per request):
+        self.since = self.loop.time()  # connection made, or the request's first byte
+        self.active_at = self.since  # last read, or last sweep that found a request in progress
+        self.fresh = True  # no request begun yet
+        self.headers_done = False
 
     # ------------------------------------------------------------------ transport events
 
@@ -124,6 +160,10 @@ class HttpConnection(asyncio.Protocol):
         self.hub.add(self)
         if self.hub.stopping:
             self._close()
+        elif len(self.hub.connections) > self.hub.limits.max_connections:
+            n = self.hub.limits.max_connections
+            msg = f"the server is at its limit of {n} connections (--http-max-connections)"
+            self._refuse(Response.error(503, msg, close=True))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -144,6 +184,7 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.refused or self.closed:
             return
+        self.active_at = self.loop.time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -157,6 +198,8 @@ class HttpConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.in_message = True
+        self.since = self.active_at
+        self.fresh = self.headers_done = False
         self._head = 0
         self._url = b""
         self._headers = {}
@@ -180,6 +223,7 @@ class HttpConnection(asyncio.Protocol):
             raise _Refused
 
     def on_headers_complete(self) -> None:
+        self.headers_done = True
         length = self._headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.hub.max_input_size:
             self._refuse(self._too_large(f"request body of {int(length)} bytes"))
@@ -296,6 +340,31 @@ class HttpConnection(asyncio.Protocol):
             transport.write(b"".join(head))
         if not keep:
             self._close()
+
+    # ------------------------------------------------------------------ timeouts
+
+    def check_timeouts(self, now: float) -> None:
+        """Called by the hub's sweeper: close what waited on the client for too long."""
+        if self.closed or self.refused or self.reading_paused:
+            return
+        lim = self.hub.limits
+        if self.in_message:
+            if not self.headers_done:
+                if lim.header_timeout_s and now - self.since >= lim.header_timeout_s:
+                    self._timed_out("the request headers", lim.header_timeout_s, "header")
+            elif lim.body_timeout_s and now - self.active_at >= lim.body_timeout_s:
+                self._timed_out("more of the request body", lim.body_timeout_s, "body")
+        elif self.task is not None or self.queue:
+            self.active_at = now  # answering: the idle time starts after the answer
+        elif self.fresh:  # connected, and never a byte of a request
+            if lim.header_timeout_s and now - self.since >= lim.header_timeout_s:
+                self._close()
+        elif lim.idle_timeout_s and now - self.active_at >= lim.idle_timeout_s:
+            self._close()
+
+    def _timed_out(self, what: str, seconds: float, flag: str) -> None:
+        msg = f"timed out after {seconds:g} s waiting for {what} (--http-{flag}-timeout-secs)"
+        self._refuse(Response.error(408, msg, close=True))
 
     # ------------------------------------------------------------------ closing
 

@@ -7,6 +7,7 @@ Paths are matched with the same regular expressions, in the same order, as trito
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
@@ -21,11 +22,18 @@ import orjson
 from torchtide.access import AccessPolicy, ApiGroup, Denial, Refusal
 from torchtide.config import to_json_dict
 from torchtide.errors import ServerError, unsupported
-from torchtide.frontends.http.decode import ShmAccess, decode_raw_request, decode_request
+from torchtide.frontends.http.decode import (
+    OutputPlan,
+    ShmAccess,
+    decode_raw_request,
+    decode_request,
+)
 from torchtide.frontends.http.encode import encode_response
 from torchtide.frontends.http.errors import bad_request, http_status
 from torchtide.frontends.http.protocol import Request, Response
+from torchtide.frontends.limits import OFFLOAD_JSON_BYTES
 from torchtide.server import InferenceServer
+from torchtide.types import InferRequest
 
 log = logging.getLogger("torchtide.http")
 
@@ -190,7 +198,13 @@ class Api:
             return out
         raise bad_request(f"the request body is not valid {encoding} data")
 
-    def _json(self, req: Request, what: str) -> dict[str, Any]:
+    async def _json(self, req: Request, what: str) -> dict[str, Any]:
+        """The body as a JSON object; decompressed and parsed in a worker thread when large."""
+        if _offload(req):
+            return await asyncio.to_thread(self._parse_json, req, what)
+        return self._parse_json(req, what)
+
+    def _parse_json(self, req: Request, what: str) -> dict[str, Any]:
         body = self._body(req)
         if not body.strip():
             return {}
@@ -227,16 +241,37 @@ class Api:
     def stats(self, req: Request, name: str, version: str) -> Response:
         return Response(200, orjson.dumps({"model_stats": self.server.statistics(name, version)}))
 
-    def logging(self, req: Request) -> Response:
+    async def logging(self, req: Request) -> Response:
         settings = self.server.log_settings
         if req.method == "POST":
-            changes = {k: v for k, v in self._json(req, "logging request").items() if v is not None}
+            doc = await self._json(req, "logging request")
+            changes = {k: v for k, v in doc.items() if v is not None}
             return Response(200, orjson.dumps(settings.update(changes)))
         return Response(200, orjson.dumps(settings.get()))
 
     # ------------------------------------------------------------------ inference
 
     async def infer(self, req: Request, name: str, version: str) -> Response:
+        if _offload(req):
+            request, plan = await asyncio.to_thread(self._decode_infer, req, name, version)
+        else:
+            request, plan = self._decode_infer(req, name, version)
+        response = await self.server.infer(request)
+        encoded = encode_response(response, plan, self.shm)
+        if not encoded.blobs:
+            return Response(200, encoded.header, compressible=True)
+        return Response(
+            200,
+            encoded.header,
+            _OCTET,
+            encoded.blobs,
+            [(b"Inference-Header-Content-Length", b"%d" % len(encoded.header))],
+            compressible=True,
+        )
+
+    def _decode_infer(
+        self, req: Request, name: str, version: str
+    ) -> tuple[InferRequest, OutputPlan]:
         body = self._body(req)
         header = req.headers.get("inference-header-content-length")
         if header is None:
@@ -259,23 +294,12 @@ class Api:
                 request, plan = decode_raw_request(body, name, version, config)
             else:
                 request, plan = decode_request(body, length, name, version, self.shm)
-        response = await self.server.infer(request)
-        encoded = encode_response(response, plan, self.shm)
-        if not encoded.blobs:
-            return Response(200, encoded.header, compressible=True)
-        return Response(
-            200,
-            encoded.header,
-            _OCTET,
-            encoded.blobs,
-            [(b"Inference-Header-Content-Length", b"%d" % len(encoded.header))],
-            compressible=True,
-        )
+        return request, plan
 
     # ------------------------------------------------------------------ repository
 
-    def repository_index(self, req: Request, repo: str) -> Response:
-        doc = self._json(req, "repository index request")
+    async def repository_index(self, req: Request, repo: str) -> Response:
+        doc = await self._json(req, "repository index request")
         ready = doc.get("ready", False)
         if not isinstance(ready, bool):
             raise bad_request("Invalid value for 'ready': expected a boolean")
@@ -284,7 +308,7 @@ class Api:
     async def load(self, req: Request, repo: str, name: str) -> Response:
         if repo:
             raise unsupported("'repository_name' specification is not supported")
-        params = self._parameters(req, "load request")
+        params = await self._parameters(req, "load request")
         for key, value in params.items():
             if key.startswith("file:") and isinstance(value, str):  # file content: base64
                 try:
@@ -297,12 +321,12 @@ class Api:
     async def unload(self, req: Request, repo: str, name: str) -> Response:
         if repo:
             raise unsupported("'repository_name' specification is not supported")
-        params = self._parameters(req, "unload request")
+        params = await self._parameters(req, "unload request")
         await self.server.unload_with_parameters(name, params)
         return Response(200)
 
-    def _parameters(self, req: Request, what: str) -> dict[str, Any]:
-        params = self._json(req, what).get("parameters", {})
+    async def _parameters(self, req: Request, what: str) -> dict[str, Any]:
+        params = (await self._json(req, what)).get("parameters", {})
         if not isinstance(params, dict):
             raise bad_request(f"the {what}'s 'parameters' must be an object")
         return params
@@ -312,11 +336,11 @@ class Api:
     def shm_status(self, req: Request, region: str) -> Response:
         return Response(200, orjson.dumps(self.server.shm.status(region)))
 
-    def shm_register(self, req: Request, region: str) -> Response:
+    async def shm_register(self, req: Request, region: str) -> Response:
         registry = self.shm.check()
         if not region:
             raise bad_request("missing region name in the register request path")
-        doc = self._json(req, "shared memory register request")
+        doc = await self._json(req, "shared memory register request")
         key = doc.get("key")
         if not isinstance(key, str):  # what the key may name is the core's to say
             raise bad_request("the register request needs a string 'key' (the shm object name)")
@@ -331,11 +355,11 @@ class Api:
     def cuda_status(self, req: Request, region: str) -> Response:
         return Response(200, orjson.dumps(self.server.shm.cuda_status(region)))
 
-    def cuda_register(self, req: Request, region: str) -> Response:
+    async def cuda_register(self, req: Request, region: str) -> Response:
         registry = self.shm.check()
         if not region:
             raise bad_request("missing region name in the register request path")
-        doc = self._json(req, "CUDA shared memory register request")
+        doc = await self._json(req, "CUDA shared memory register request")
         handle = doc.get("raw_handle")
         b64 = handle.get("b64") if isinstance(handle, dict) else None
         if not isinstance(b64, str):
@@ -363,3 +387,17 @@ def _counts(doc: dict[str, Any], **defaults: int | None) -> list[int]:
             raise bad_request(f"the register request needs a non-negative integer '{field_name}'")
         values.append(v)
     return values
+
+
+def _offload(req: Request) -> bool:
+    """Whether decoding this body may take milliseconds (a compressed body may inflate up to the
+    input size limit; a large JSON text takes long to parse): then it is decoded in a worker
+    thread, not on the event loop. Binary tensor data after a short JSON header does not count."""
+    if len(req.body) < OFFLOAD_JSON_BYTES:
+        return "content-encoding" in req.headers
+    header = req.headers.get("inference-header-content-length", "").strip()
+    return (
+        not header.isdigit()
+        or int(header) >= OFFLOAD_JSON_BYTES
+        or "content-encoding" in req.headers
+    )
