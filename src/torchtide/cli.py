@@ -299,15 +299,11 @@ def cmd_serve(argv: list[str], prog: str = "torchtide serve") -> int:
             return EXIT_FAIL
         for name, fe in app.frontends.items():
             log.info("started %s on port %d", name, fe.port)
+        # Each failed load was logged once, when it failed.
         failed = [e for e in app.server.repository_index() if e.get("state") == "UNAVAILABLE"]
-        for e in failed:
-            log.error(
-                "model '%s' version %s is UNAVAILABLE: %s",
-                e["name"],
-                e.get("version"),
-                e.get("reason"),
-            )
         if failed and args.exit_on_error:
+            names = sorted({str(e["name"]) for e in failed})
+            log.error("exiting: %s failed to load (--exit-on-error)", ", ".join(names))
             await app.stop(0)
             return EXIT_FAIL
         await stop.wait()

@@ -59,6 +59,8 @@ class InstanceRunner:
         fut: asyncio.Future[T] = loop.create_future()
 
         def reply(result: Any, error: BaseException | None) -> None:
+            if loop.is_closed():  # the caller and its loop are gone: nobody awaits this
+                return
             loop.call_soon_threadsafe(_settle, fut, result, error)
 
         self._queue.put((fn, args, reply))
