@@ -34,10 +34,7 @@ def _readonly_safe_capsule(array: npt.NDArray[Any]) -> Any:
     """A DLPack capsule for ``array``; read-only arrays need a versioned capsule."""
     if array.flags.writeable:
         return array.__dlpack__()
-    try:
-        return array.__dlpack__(max_version=(1, 0))
-    except TypeError:  # numpy < 2.1 has no versioned capsule, so no read-only flag: a copy
-        return array.copy().__dlpack__()
+    return array.__dlpack__(max_version=(1, 0))
 
 
 class Tensor:
