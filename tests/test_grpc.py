@@ -841,7 +841,15 @@ def test_cancelled_stream_drops_its_queued_requests(
         time.sleep(0.001)
     call.cancel()
     sends.put(None)
-    gate.set()  # the running request returns only after the cancel
+    scheduler = app.app.server.resolve("slow").scheduler
+
+    async def cancel_seen() -> bool:  # on the server's loop: the stream's requests are cancelled
+        return any(p.work.cancelled for q in scheduler.queues for p in q)
+
+    while not app.call(cancel_seen()):
+        assert time.monotonic() < deadline + 50, "the cancel never reached the server"
+        time.sleep(0.001)
+    gate.set()  # the running request returns only after the server saw the cancel
     client.infer("slow", _slow_inputs(0.0))  # runs after the cancelled one finishes
     after = _slow_stats(client)
     # Only the last request counts as executed: the running one ends CANCELED when the model
