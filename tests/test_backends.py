@@ -494,6 +494,59 @@ async def test_python_reload_reads_changed_helpers(tmp_path: Path) -> None:
         await s.stop()
 
 
+def test_python_auto_complete_while_other_threads_import(tmp_path: Path) -> None:
+    """Reading a Python model's config ends by dropping its private package from sys.modules
+    while other models load on other threads, whose imports add to sys.modules: that cleanup
+    failed now and then with "RuntimeError: dictionary changed size during iteration". Thread
+    switches are made frequent so the race, if any, shows within a few hundred reads (before the fix: in well under a second)."""
+    import sys
+    import threading
+    import types
+
+    from torchtide.backends.python import PythonBackend
+    from torchtide.config import new_config
+
+    model_file = tmp_path / "m" / "1" / "model.py"
+    model_file.parent.mkdir(parents=True)
+    model_file.write_text(
+        "class TritonPythonModel:\n"
+        "    @staticmethod\n"
+        "    def auto_complete_config(config):\n"
+        "        config.set_max_batch_size(4)\n"
+        "        return config\n"
+    )
+    stop = threading.Event()
+    added: list[str] = []
+
+    def import_elsewhere() -> None:  # what other threads' imports do to sys.modules
+        while not stop.is_set():
+            name = f"_elsewhere_{len(added) % 1000}"
+            sys.modules[name] = types.ModuleType(name)
+            added.append(name)
+            if len(added) % 1000 == 0:  # and keep it from growing without end
+                for gone in added[-1000:]:
+                    del sys.modules[gone]
+
+    backend = PythonBackend()
+    interval = sys.getswitchinterval()
+    other = threading.Thread(target=import_elsewhere, daemon=True)
+    sys.setswitchinterval(1e-6)
+    other.start()
+    try:
+        for _ in range(200):
+            cfg = new_config("m")
+            backend.auto_complete(cfg, model_file, model_file.parent.parent)
+            assert cfg.max_batch_size == 4
+    finally:
+        stop.set()
+        other.join()
+        sys.setswitchinterval(interval)
+        for name in set(added):
+            sys.modules.pop(name, None)
+    assert added  # the other thread did run alongside
+    assert not [m for m in sys.modules if m.startswith("_torchtide_m_autocomplete")]
+
+
 def test_client_errors_are_one_line_over_http_and_grpc(repo: Path) -> None:
     """A TorchScript failure reaches the client as the one line that says what went wrong (no
     script traceback, no server file path); a batch-size limit auto-completed from the model

@@ -3,6 +3,7 @@ read, auto-completed and validated before anything loads."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from torchtide.backends import get_backend
 from torchtide.backends.base import Backend
 from torchtide.config import ConfigError, ModelConfig
 from torchtide.errors import ServerError
+
+log = logging.getLogger("torchtide.repository")
 
 
 def version_dirs(model_dir: Path) -> list[int]:
@@ -122,6 +125,7 @@ def prepare(
         except ConfigError:
             raise
         except Exception as e:
+            log.debug("%s: auto-complete failed", files[versions[-1]], exc_info=e)
             raise ConfigError(
                 f"{files[versions[-1]]}: cannot read the model to complete its config: "
                 f"{type(e).__name__}: {e}"

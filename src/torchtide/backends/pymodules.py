@@ -146,8 +146,12 @@ class ModelPackage:
         with _registry_lock:
             _packages.pop(self.name, None)
             prefix = self.name + "."
-            for key in [k for k in sys.modules if k == self.name or k.startswith(prefix)]:
-                sys.modules.pop(key, None)
+            # Other threads import while we clean up, adding to sys.modules: iterating it in
+            # Python code would let them in between two steps ("dictionary changed size during
+            # iteration"). list() copies the keys in one C call, which no thread interrupts.
+            for key in list(sys.modules):
+                if key == self.name or key.startswith(prefix):
+                    sys.modules.pop(key, None)
 
 
 def _folder_holds(top: str, folders: list[str]) -> bool:
