@@ -55,6 +55,25 @@ class ShmAccess:
         return self.registry
 
 
+def header_length(header: str | None, size: int) -> int | None:
+    """The JSON header's length from Inference-Header-Content-Length: None when the header is
+    absent (the body is all JSON), 0 for a raw binary request."""
+    if header is None:
+        return None
+    header = header.strip()
+    if not (header.isascii() and header.isdigit()):  # isdigit alone takes '²', int() does not
+        raise bad_request(
+            f"Inference-Header-Content-Length must be a non-negative integer, got '{header}'"
+        )
+    length = int(header)
+    if length > size:
+        raise bad_request(
+            f"Inference-Header-Content-Length {length} is larger than the request body "
+            f"of {size} bytes"
+        )
+    return length
+
+
 def decode_request(
     body: bytes,
     header_length: int | None,

@@ -1,0 +1,60 @@
+"""What every harness shares: instrumenting torchtide's modules and starting libFuzzer.
+
+Importable without atheris (the harnesses' `test_one_input` then runs uninstrumented), so the
+seed corpus can be replayed by a plain test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable
+from typing import Any
+
+try:
+    import atheris
+except ImportError:  # replaying inputs without the fuzzer
+    atheris = None
+
+# Coverage feedback comes from these packages; numpy, protobuf and orjson are C code atheris
+# cannot see into, and instrumenting the rest of the stack only slows every run.
+INSTRUMENTED = ("torchtide", "hpack")
+
+
+def instrumented() -> Any:
+    """Import the code under test inside this block so atheris instruments it."""
+    if atheris is None:
+        return contextlib.nullcontext()
+    return atheris.instrument_imports(include=list(INSTRUMENTED))
+
+
+def main(test_one_input: Callable[[bytes], None]) -> None:
+    """Hand `sys.argv` (libFuzzer's flags and corpus folders) to atheris and fuzz."""
+    if atheris is None:
+        raise SystemExit("atheris is not installed: pip install -e '.[dev]'")
+    atheris.Setup(sys.argv, test_one_input)
+    atheris.Fuzz()
+
+
+REGION = "r0"
+REGION_BYTES = 64
+
+
+def shm_registry() -> Any:
+    """A SharedMemoryRegistry holding one 64-byte system region "r0", so shared-memory inputs
+    and outputs reach the bounds checks. (Call it after the instrumented imports.)"""
+    import os
+
+    from torchtide.shm import SharedMemoryRegistry
+
+    registry = SharedMemoryRegistry()
+    key = f"/torchtide_fuzz_{os.getpid()}"
+    path = f"/dev/shm{key}"
+    fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_EXCL, 0o600)
+    try:
+        os.ftruncate(fd, REGION_BYTES)
+        registry.register(REGION, key, 0, REGION_BYTES)
+    finally:
+        os.close(fd)
+        os.unlink(path)  # the mapping outlives the name
+    return registry

@@ -1,0 +1,35 @@
+"""Inputs the fuzzers (fuzz/, atheris) found that made a decoder raise something other than its
+documented error; each test fails before its fix. Replaying them needs no fuzzer."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.http_util import request
+from torchtide.app import AppThread
+from torchtide.errors import ServerError, Status
+from torchtide.frontends.http.decode import header_length
+
+# ---------------------------------------------------------------------------- HTTP
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "6\u00b3\u00b3\u00b30", "\u00b9\u00b9"])
+def test_header_length_superscript_digits_are_a_bad_request(value: str) -> None:
+    # fuzz/http_infer: str.isdigit() accepts superscripts (a latin-1 header byte 0xB2, 0xB3 or
+    # 0xB9 decodes to one), which int() then refuses with a ValueError.
+    with pytest.raises(ServerError) as e:
+        header_length(value, 100)
+    assert e.value.status is Status.INVALID_ARG
+    assert "Inference-Header-Content-Length must be a non-negative integer" in e.value.message
+
+
+def test_header_length_superscript_over_http_is_400(served: AppThread) -> None:
+    reply = request(
+        served.app.port("http"),
+        "POST",
+        "/v2/models/add_sub/infer",
+        b'{"inputs": []}',
+        {"Inference-Header-Content-Length": "\u00b2"},  # sent as the byte 0xB2
+    )
+    assert reply.status == 400, reply.body
+    assert "Inference-Header-Content-Length must be a non-negative integer" in reply.error
