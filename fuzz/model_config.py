@@ -9,6 +9,7 @@ model folder holds version 1 with a `model.py`. Allowed out: ConfigError.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 
@@ -52,10 +53,8 @@ def load(data: bytes, gpu_count: int) -> None:
 
 
 def test_one_input(data: bytes) -> None:
-    try:
+    with contextlib.suppress(ConfigError):
         load(data, len(data) % 2)
-    except ConfigError:
-        pass
 
 
 if __name__ == "__main__":

@@ -394,17 +394,14 @@ def _from_json(name: str, dt: dtypes.DType, shape: tuple[int, ...], data: Any) -
                 # Python ints past int64 (UINT64) make numpy pick float64 or object: retry exactly.
                 flat = _flatten(data)
                 if all(type(v) is int for v in flat):
-                    arr = np.array(flat, dtype=np.uint64 if min(flat) >= 0 else np.int64)
+                    lo, hi = min(flat), max(flat)
+                    if lo < 0 and hi > _INT64_MAX:  # neither int64 nor uint64 holds both
+                        raise _out_of_range(name, dt, lo, hi)
+                    arr = np.array(flat, dtype=np.uint64 if lo >= 0 else np.int64)
                     kind = arr.dtype.kind
             ok = kind in _INT_KINDS
             if ok:
-                info = np.iinfo(dt.numpy)
-                lo, hi = int(arr.min()), int(arr.max())
-                if lo < info.min or hi > info.max:
-                    raise bad_request(
-                        f"input '{name}': value {lo if lo < info.min else hi} is out of range for "
-                        f"{dt.wire}"
-                    )
+                _check_range(name, dt, int(arr.min()), int(arr.max()))
         else:
             ok = kind in _NUM_KINDS
         if not ok:
@@ -415,6 +412,20 @@ def _from_json(name: str, dt: dtypes.DType, shape: tuple[int, ...], data: Any) -
     if dt.wire == "BF16":
         return _bf16_bits(arr.astype(np.float32)).reshape(shape)
     return arr.astype(dt.numpy).reshape(shape)
+
+
+_INT64_MAX = 2**63 - 1
+
+
+def _check_range(name: str, dt: dtypes.DType, lo: int, hi: int) -> None:
+    info = np.iinfo(dt.numpy)
+    if lo < info.min or hi > info.max:
+        raise _out_of_range(name, dt, lo, hi)
+
+
+def _out_of_range(name: str, dt: dtypes.DType, lo: int, hi: int) -> ServerError:
+    value = lo if lo < np.iinfo(dt.numpy).min else hi
+    return bad_request(f"input '{name}': value {value} is out of range for {dt.wire}")
 
 
 def _flatten(data: list[Any]) -> list[Any]:
