@@ -3,13 +3,25 @@ documented error; each test fails before its fix. Replaying them needs no fuzzer
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
+import grpc
 import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.grpc import service_pb2 as pb
 
 from tests.http_util import request
 from torchtide.app import AppThread
+from torchtide.config import ConfigError, parse_text, validate
 from torchtide.errors import ServerError, Status
+from torchtide.frontends.grpc.convert import decode_request as grpc_decode
 from torchtide.frontends.http.decode import ShmAccess, decode_request, header_length
+from torchtide.repository import prepare
 from torchtide.shm import SharedMemoryRegistry
+from torchtide.warmup import sample_inputs
+from torchtide.wire import shape_str
 
 NO_SHM = ShmAccess(SharedMemoryRegistry(), allowed=False)
 
@@ -50,3 +62,90 @@ def test_json_ints_past_int64_and_negative_are_out_of_range(datatype: str) -> No
         decode_request(body, None, "m", "", NO_SHM)
     value = "-1" if datatype == "UINT64" else "9223372036854775808"
     assert e.value.message == f"input 'i': value {value} is out of range for {datatype}"
+
+
+# A shape with a 0 has no elements, so every size check passes; but numpy refuses to make even
+# an empty array when the other dimensions multiply past 2**63 bytes, or past 64 dimensions.
+HUGE_EMPTY_SHAPES = [
+    [0, 34359607294, 536870911],  # fuzz/grpc_infer's crash
+    [1, 1, 3, 13, 15, 42, 34359607294, 0, 536870911],
+    [0, 2**62, 2],
+    [0, 2**63 - 1],
+    [1] * 65,
+]
+
+
+@pytest.mark.parametrize("shape", HUGE_EMPTY_SHAPES)
+@pytest.mark.parametrize("datatype", ["INT8", "FP64", "BYTES"])
+def test_grpc_huge_empty_shape_is_invalid(shape: list[int], datatype: str) -> None:
+    # fuzz/grpc_infer: np.frombuffer(b"").reshape(shape) raised ValueError ("array is too big").
+    request = pb.ModelInferRequest(model_name="m", raw_input_contents=[b""])
+    request.inputs.add(name="i", datatype=datatype, shape=shape)
+    with pytest.raises(ServerError) as e:
+        grpc_decode(request, None)
+    assert e.value.status is Status.INVALID_ARG
+    assert e.value.message.startswith(f"input 'i': shape {shape_str(shape)} ")
+
+
+@pytest.mark.parametrize("shape", [*HUGE_EMPTY_SHAPES, [0, 2**64 - 1]])
+@pytest.mark.parametrize("datatype", ["INT8", "FP64", "BYTES"])
+@pytest.mark.parametrize("how", ["data", "binary"])
+def test_http_huge_empty_shape_is_invalid(shape: list[int], datatype: str, how: str) -> None:
+    spec: dict[str, Any] = {"name": "i", "datatype": datatype, "shape": shape}
+    if how == "data":
+        spec["data"] = []
+    else:
+        spec["parameters"] = {"binary_data_size": 0}
+    with pytest.raises(ServerError) as e:
+        decode_request(json.dumps({"inputs": [spec]}).encode(), None, "m", "", NO_SHM)
+    assert e.value.status is Status.INVALID_ARG
+    assert e.value.message.startswith(f"input 'i': shape {shape_str(shape)} ")
+
+
+def test_grpc_huge_empty_shape_over_grpc(served: AppThread) -> None:
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{served.app.port('grpc')}")
+    request = pb.ModelInferRequest(model_name="add_sub", raw_input_contents=[b"", b""])
+    for name in ("INPUT0", "INPUT1"):
+        request.inputs.add(name=name, datatype="INT32", shape=[0, 2**40, 2**30])
+    with pytest.raises(grpc.RpcError) as e:
+        client._client_stub.ModelInfer(request, timeout=30)
+    assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "is too large" in str(e.value.details())
+    client.close()
+
+
+# ---------------------------------------------------------------------------- model config
+
+UNKNOWN_TYPE_CONFIG = """
+backend: "python"
+input: [{name: "a", data_type: %s, dims: [1]}]
+output: {name: "c", data_type: %s, dims: 2}
+"""
+
+
+@pytest.mark.parametrize(("inp", "out"), [("84", "TYPE_INT64"), ("TYPE_FP32", "-3")])
+def test_config_data_type_without_a_name_is_a_config_error(
+    tmp_path: Path, inp: str, out: str
+) -> None:
+    # fuzz/model_config: proto3 enums take any number; validate let it through and ModelSpec.of
+    # raised ValueError from DataType.Name.
+    model = tmp_path / "m"
+    (model / "1").mkdir(parents=True)
+    (model / "1" / "model.py").write_text("")
+    (model / "config.pbtxt").write_text(UNKNOWN_TYPE_CONFIG % (inp, out))
+    with pytest.raises(ConfigError, match=r"data_type: \S+ is not a data type"):
+        prepare("m", model, auto_complete=False)
+
+
+def test_warmup_data_type_without_a_name_is_a_config_error(tmp_path: Path) -> None:
+    cfg = parse_text(
+        UNKNOWN_TYPE_CONFIG
+        % ("TYPE_FP32", "TYPE_FP32")
+        + 'model_warmup { name: "w" batch_size: 1 inputs { key: "a" value { data_type: 77 '
+        "dims: 1 zero_data: true } } }",
+        "config.pbtxt",
+    )
+    with pytest.raises(ConfigError, match="data_type"):
+        validate(cfg, "config.pbtxt", 0)
+    with pytest.raises(ConfigError, match="data_type"):
+        sample_inputs(cfg, cfg.model_warmup[0], tmp_path)

@@ -255,6 +255,8 @@ def validate(cfg: ModelConfig, source: str, gpu_count: int) -> None:
             seen.add(t.name)
             if t.data_type == mc.TYPE_INVALID:
                 fail(f"{where} data_type", "is missing or TYPE_INVALID")
+            if dtype_of(t.data_type) is None:
+                fail(f"{where} data_type", f"{t.data_type} is not a data type")
             if not t.dims and not (t.HasField("reshape") and not t.reshape.shape):
                 fail(f"{where} dims", "must have at least one dimension")
             for d in t.dims:
@@ -347,9 +349,11 @@ def _validate_warmup(cfg: ModelConfig, w: Any, fail: Any) -> None:
     if cfg.max_batch_size and w.batch_size > cfg.max_batch_size:
         fail(f"{where} batch_size", f"exceeds max_batch_size ({cfg.max_batch_size})")
     names = {t.name for t in cfg.input}
-    for name in w.inputs:
+    for name, spec in w.inputs.items():
         if name not in names:
             fail(f"{where} inputs", f"'{name}' is not an input of the model")
+        if spec.data_type != mc.TYPE_INVALID and dtype_of(spec.data_type) is None:
+            fail(f"{where} input '{name}' data_type", f"{spec.data_type} is not a data type")
 
 
 # --------------------------------------------------------------------------- hot-path view
@@ -385,7 +389,7 @@ class ModelSpec:
     @classmethod
     def of(cls, cfg: ModelConfig) -> ModelSpec:
         def spec(t: Any, is_input: bool) -> TensorSpec:
-            d = dtypes.from_config(mc.DataType.Name(t.data_type))
+            d = dtype_of(t.data_type)
             assert d is not None
             return TensorSpec(
                 name=t.name,
@@ -407,6 +411,15 @@ class ModelSpec:
             required_inputs=frozenset(n for n, s in inputs.items() if not s.optional),
             batching=cfg.HasField("dynamic_batching"),
         )
+
+
+def dtype_of(data_type: int) -> dtypes.DType | None:
+    """The DType of a DataType enum value; None for TYPE_INVALID and for numbers the enum does
+    not name (proto3 enums take any number from a config file)."""
+    try:
+        return dtypes.from_config(mc.DataType.Name(data_type))
+    except ValueError:
+        return None
 
 
 def parameter(cfg: ModelConfig, key: str, default: str = "") -> str:

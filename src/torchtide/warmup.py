@@ -7,11 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tritonclient.grpc import model_config_pb2 as mc
 
-from torchtide import dtypes
 from torchtide.backends.base import Timing, Work
-from torchtide.config import ConfigError, ModelConfig
+from torchtide.config import ConfigError, ModelConfig, dtype_of
 from torchtide.errors import ServerError
 from torchtide.instances import InstanceRunner
 from torchtide.wire import decode_bytes_elements
@@ -26,8 +24,8 @@ def sample_inputs(cfg: ModelConfig, warmup: Any, model_dir: Path) -> dict[str, A
     rng = np.random.default_rng(0)
     for name, spec in warmup.inputs.items():
         where = f"model_warmup '{warmup.name}' input '{name}'"
-        d = dtypes.from_config(mc.DataType.Name(spec.data_type))
-        if d is None or spec.data_type == mc.TYPE_INVALID:
+        d = dtype_of(spec.data_type)
+        if d is None:
             raise ConfigError(f"{where}: data_type is missing")
         dims = [int(x) for x in spec.dims]
         if any(x < 1 for x in dims):

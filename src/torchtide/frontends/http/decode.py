@@ -22,7 +22,7 @@ from torchtide.errors import ServerError, Status
 from torchtide.frontends.http.errors import CLIENT_SHM_DISABLED, bad_request
 from torchtide.shm import SharedMemoryRegistry
 from torchtide.types import Array, InferRequest, InferTensor, RequestedOutput
-from torchtide.wire import decode_bytes_elements
+from torchtide.wire import check_shape, decode_bytes_elements
 
 LENGTH_PREFIX = struct.Struct("<I")  # BYTES elements on the wire
 
@@ -319,7 +319,9 @@ def _shape(name: str, raw: Any) -> tuple[int, ...]:
             raise bad_request(
                 f"input '{name}': invalid shape {raw}: dimensions must be non-negative integers"
             )
-    return tuple(raw)
+    shape = tuple(raw)
+    check_shape(name, shape)
+    return shape
 
 
 def _count(value: Any, what: str) -> int:
