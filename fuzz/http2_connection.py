@@ -4,9 +4,10 @@ machine, flow control, the 5-byte gRPC message framing and gzip/deflate messages
 The real connection object (`GrpcConnection`, an asyncio.Protocol) is driven without a socket:
 a fake transport records what it writes, bytes go in through `data_received`, the handlers run
 on a plain asyncio loop, then the connection is lost. Unary, server-streaming and bidi methods
-are routed, with trivial handlers. A crash is: an exception out of `data_received` (protocol and
-HPACK errors must become a GOAWAY), an exception the loop reports (a callback or task that
-failed), an error logged by the transport, or RPCs still running after the connection is gone.
+are routed, with trivial handlers. A crash is: an exception out of `data_received` (protocol
+and HPACK errors must become a GOAWAY), an exception the loop reports (a callback or task that
+failed), an error logged by the transport, RPCs still running after the connection is gone, or
+output that is not whole frames with header blocks a client can decode.
 
 Input: `<mode><bytes>`. The low 7 bits of the mode byte give the size of the pieces the bytes
 arrive in (0: all at once); with the high bit clear the client preface is prepended, with it set
@@ -23,6 +24,7 @@ from fuzz._harness import instrumented, main
 
 with instrumented():
     import grpc
+    import hpack
     from tritonclient.grpc import service_pb2 as pb
 
     from torchtide.frontends.grpc import http2 as h2
@@ -121,7 +123,7 @@ def split(data: bytes) -> tuple[list[bytes], bool]:
     return [rest[i : i + size] for i in range(0, len(rest), size)], bool(mode & 0x80)
 
 
-async def drive(pieces: list[bytes], own_preface: bool) -> None:
+async def drive(pieces: list[bytes], own_preface: bool) -> bytes:
     conn = GrpcConnection(HUB)
     transport = FakeTransport()
     conn.connection_made(transport)
@@ -138,11 +140,35 @@ async def drive(pieces: list[bytes], own_preface: bool) -> None:
         if HUB.idle.is_set():
             break
         await asyncio.sleep(0)
+    return bytes(transport.written)
+
+
+def check_output(written: bytes) -> None:
+    """What the server wrote is whole HTTP/2 frames whose header blocks a client can decode,
+    with DATA only on streams whose response headers came first."""
+    client = hpack.Decoder()
+    answered: set[int] = set()
+    pos = 0
+    while pos < len(written):
+        assert len(written) - pos >= h2.FRAME_HEADER_SIZE, "a truncated frame header"
+        head, flags, sid = h2.FRAME_HEADER.unpack_from(written, pos)
+        length, kind = head >> 8, head & 0xFF
+        pos += h2.FRAME_HEADER_SIZE
+        assert len(written) - pos >= length, "a truncated frame"
+        payload = written[pos : pos + length]
+        pos += length
+        if kind == h2.HEADERS:
+            assert flags & h2.END_HEADERS, "a response header block in several frames"
+            client.decode(payload)
+            answered.add(sid)
+        elif kind == h2.DATA:
+            assert sid in answered, f"DATA before HEADERS on stream {sid}"
 
 
 def test_one_input(data: bytes) -> None:
     pieces, own_preface = split(data)
-    LOOP.run_until_complete(drive(pieces, own_preface))
+    written = LOOP.run_until_complete(drive(pieces, own_preface))
+    check_output(written)
     seen, FAILURES.seen = FAILURES.seen, []
     assert not seen, seen
     assert HUB.running == 0, f"{HUB.running} RPCs still running after the connection was lost"
