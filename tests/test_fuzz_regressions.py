@@ -137,6 +137,15 @@ def test_config_data_type_without_a_name_is_a_config_error(
         prepare("m", model, auto_complete=False)
 
 
+@pytest.mark.parametrize("value", ["66666666666666666666", "-99999999999", "0x100000000"])
+def test_config_enum_number_out_of_int32_is_a_config_error(value: str) -> None:
+    # fuzz/model_config: protobuf's text_format range-checks integer fields but not enum numbers;
+    # the message's setter then raised a bare ValueError instead of a ParseError.
+    text = UNKNOWN_TYPE_CONFIG % (value, "TYPE_FP32")
+    with pytest.raises(ConfigError, match="^config.pbtxt: syntax error: Value out of range: "):
+        parse_text(text, "config.pbtxt")
+
+
 def test_warmup_data_type_without_a_name_is_a_config_error(tmp_path: Path) -> None:
     cfg = parse_text(
         UNKNOWN_TYPE_CONFIG

@@ -61,6 +61,8 @@ def parse_text(text: str, source: str) -> ModelConfig:
         text_format.Parse(text, cfg)
     except text_format.ParseError as e:
         raise ConfigError(f"{source}: {_explain_parse_error(str(e))}") from None
+    except ValueError as e:  # an enum number past int32: protobuf's setter, not its parser
+        raise ConfigError(f"{source}: syntax error: {e}") from None
     return cfg
 
 
