@@ -15,10 +15,10 @@ from fuzz.run import FUZZ, HARNESSES, command, environment
 
 pytest.importorskip("atheris", reason="atheris (the dev extra) runs the fuzz harnesses")
 
-# About 10 s per harness with its start (importing torchtide under instrumentation); the runs
+# About 7 s per harness with its start (importing torchtide under instrumentation); the runs
 # bound matters on a fast machine, the time bound on a loaded one.
-RUNS = 30_000
-SECONDS = 6
+RUNS = 20_000
+SECONDS = 5
 
 
 def test_every_harness_has_seeds() -> None:

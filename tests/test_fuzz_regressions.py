@@ -142,8 +142,23 @@ def test_config_enum_number_out_of_int32_is_a_config_error(value: str) -> None:
     # fuzz/model_config: protobuf's text_format range-checks integer fields but not enum numbers;
     # the message's setter then raised a bare ValueError instead of a ParseError.
     text = UNKNOWN_TYPE_CONFIG % (value, "TYPE_FP32")
-    with pytest.raises(ConfigError, match="^config.pbtxt: syntax error: Value out of range: "):
+    with pytest.raises(ConfigError, match=r"^config\.pbtxt: syntax error: Value out of range: "):
         parse_text(text, "config.pbtxt")
+
+
+@pytest.mark.parametrize("value", ["2.5[", "soon", "-1", "nan", "inf"])
+def test_config_execute_timeout_not_a_number_is_a_config_error(tmp_path: Path, value: str) -> None:
+    # fuzz/model_config: validate let any string through and the scheduler's float() raised
+    # ValueError when the model was instantiated.
+    model = tmp_path / "m"
+    (model / "1").mkdir(parents=True)
+    (model / "1" / "model.py").write_text("")
+    (model / "config.pbtxt").write_text(
+        UNKNOWN_TYPE_CONFIG % ("TYPE_FP32", "TYPE_FP32")
+        + f'parameters {{ key: "EXECUTE_TIMEOUT_SECS" value {{ string_value: "{value}" }} }}'
+    )
+    with pytest.raises(ConfigError, match="parameters 'EXECUTE_TIMEOUT_SECS': must be a number"):
+        prepare("m", model, auto_complete=False)
 
 
 def test_warmup_data_type_without_a_name_is_a_config_error(tmp_path: Path) -> None:

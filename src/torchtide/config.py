@@ -6,6 +6,7 @@ There is no second schema: `ModelSpec` is a small read-only view precomputed for
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -45,6 +46,11 @@ SUFFIX_BACKEND = {
     ".xml": "openvino",
 }
 FILE_BACKEND = {f"model{suffix}": backend for suffix, backend in SUFFIX_BACKEND.items()}
+
+
+# parameters { key: "EXECUTE_TIMEOUT_SECS" value { string_value: "30" } }: the scheduler's
+# watchdog for a hung execute() (validated here, used by scheduler.BatchPolicy).
+EXECUTE_TIMEOUT_PARAM = "EXECUTE_TIMEOUT_SECS"
 
 
 class ConfigError(Exception):
@@ -295,6 +301,20 @@ def validate(cfg: ModelConfig, source: str, gpu_count: int) -> None:
         fail("model_transaction_policy.decoupled", "only Python-backend models can be decoupled")
     for w in cfg.model_warmup:
         _validate_warmup(cfg, w, fail)
+    timeout = parameter(cfg, EXECUTE_TIMEOUT_PARAM)
+    if timeout and not _seconds(timeout):
+        fail(
+            f"parameters '{EXECUTE_TIMEOUT_PARAM}'",
+            f"must be a number of seconds >= 0, got '{timeout}'",
+        )
+
+
+def _seconds(text: str) -> bool:
+    try:
+        value = float(text)
+    except ValueError:
+        return False
+    return math.isfinite(value) and value >= 0
 
 
 def _check_reshape(t: Any, fail: Any, where: str) -> None:
