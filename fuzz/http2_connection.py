@@ -133,7 +133,8 @@ async def drive(pieces: list[bytes], own_preface: bool) -> bytes:
         if transport.closed:
             break
         conn.data_received(piece)
-    for _ in range(8):  # let the handlers run and the writes flush
+        await asyncio.sleep(0)  # handlers run between pieces: later frames meet their output
+    for _ in range(8):  # let the handlers run, deadlines of 1n expire, the writes flush
         await asyncio.sleep(0)
     conn.connection_lost(None)
     for _ in range(8):  # let the cancelled handlers end

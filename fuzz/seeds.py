@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import json
 import struct
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -178,6 +179,7 @@ def grpc_infer() -> list[bytes]:
 
 
 def _headers(encoder: hpack.Encoder, path: str, *extra: tuple[str, str]) -> bytes:
+    """A request header block, without Huffman coding so that mutations reach the values."""
     return encoder.encode(
         [
             (":method", "POST"),
@@ -187,7 +189,8 @@ def _headers(encoder: hpack.Encoder, path: str, *extra: tuple[str, str]) -> byte
             ("content-type", "application/grpc"),
             ("te", "trailers"),
             *extra,
-        ]
+        ],
+        huffman=False,
     )
 
 
@@ -210,6 +213,8 @@ def _call(
 
 
 def http2_connection() -> list[bytes]:
+    unary_path = "/inference.GRPCInferenceService/ModelInfer"
+    bidi_path = "/inference.GRPCInferenceService/ModelStreamInfer"
     request = pb.ModelInferRequest(model_name="m", id="1").SerializeToString()
     abort = pb.ModelInferRequest(id="abort").SerializeToString()
     start = h2.settings_frame(
@@ -266,7 +271,38 @@ def http2_connection() -> list[bytes]:
         + h2.rst_stream(1, h2.CANCEL)
         + h2.frame(h2.DATA, 0, 1, b"late")
     )
+    enc = hpack.Encoder()
+    deadlines = (
+        start
+        # a bidi call that never ends and a unary call whose body never comes: both expire
+        + h2.frame(h2.HEADERS, h2.END_HEADERS, 1, _headers(enc, bidi_path, ("grpc-timeout", "1n")))
+        + h2.frame(h2.HEADERS, h2.END_HEADERS, 3, _headers(enc, unary_path, ("grpc-timeout", "1u")))
+        + _call(
+            enc,
+            5,
+            "ModelInfer",
+            zlib.compress(request),
+            ("grpc-encoding", "deflate"),
+            compressed=True,
+        )
+    )
+    enc = hpack.Encoder()
+    big = pb.ModelInferRequest(id="x" * 300).SerializeToString()
+    blocked = (
+        # no send window: responses wait for WINDOW_UPDATE (fed in pieces, after the handlers ran)
+        h2.settings_frame({h2.SETTINGS_INITIAL_WINDOW_SIZE: 0, h2.SETTINGS_MAX_FRAME_SIZE: 16384})
+        + _call(enc, 1, "ServerStream", big)
+        + _call(enc, 3, "ModelInfer", big)
+        + h2.window_update(0, 100)
+        + h2.window_update(1, 200)
+        + h2.settings_frame({h2.SETTINGS_INITIAL_WINDOW_SIZE: 150})
+        + h2.window_update(3, 1000)
+        + h2.window_update(1, 1000)
+        + h2.window_update(0, 5000)
+    )
     return [
+        b"\x00" + deadlines,
+        b"\x40" + blocked,  # in 64-byte pieces
         b"\x00" + unary,
         b"\x07" + unary,  # in 7-byte pieces
         b"\x80" + h2.PREFACE + gz,  # its own preface
