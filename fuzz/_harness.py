@@ -58,3 +58,20 @@ def shm_registry() -> Any:
         os.close(fd)
         os.unlink(path)  # the mapping outlives the name
     return registry
+
+
+def echo(request: Any) -> Any:
+    """What an identity model answers an InferRequest: each requested output (each input when
+    none is named) carries an input's data, and the request's parameters come back."""
+    from torchtide.types import InferResponse, InferTensor
+
+    inputs = request.inputs
+    names = [o.name for o in request.outputs] if request.outputs else [t.name for t in inputs]
+    outputs = [
+        InferTensor(name, inputs[i % len(inputs)].datatype, inputs[i % len(inputs)].data)
+        for i, name in enumerate(names)
+        if inputs
+    ]
+    return InferResponse(
+        request.model_name, request.model_version, request.id, outputs, dict(request.parameters)
+    )

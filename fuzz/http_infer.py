@@ -1,5 +1,7 @@
 """The HTTP inference request decoder: Inference-Header-Content-Length, the JSON header, binary
-tensor data (Triton's binary tensor extension), raw binary requests, shared-memory inputs.
+tensor data (Triton's binary tensor extension), raw binary requests, shared-memory inputs;
+then an identity model's response to it, encoded as the request asked (JSON, binary, shared
+memory outputs).
 
 Input: `<Inference-Header-Content-Length value>\\n<body>`; an empty first line (or no newline
 at all) means no such header. A value of 0 makes a raw binary request; the body's first byte
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 
-from fuzz._harness import instrumented, main, shm_registry
+from fuzz._harness import echo, instrumented, main, shm_registry
 
 with instrumented():
     from torchtide.config import parse_text
@@ -21,7 +23,10 @@ with instrumented():
         decode_request,
         header_length,
     )
+    from torchtide.frontends.http.encode import encode_response
     from torchtide.shm import SharedMemoryRegistry
+
+import orjson
 
 SHM = ShmAccess(shm_registry(), allowed=True)
 NO_SHM = ShmAccess(SharedMemoryRegistry(), allowed=False)
@@ -53,13 +58,17 @@ def split(data: bytes) -> tuple[str | None, bytes]:
 
 def test_one_input(data: bytes) -> None:
     header, body = split(data)
+    shm = SHM if len(body) % 2 else NO_SHM
     with contextlib.suppress(ServerError):
         length = header_length(header, len(body))
         if length == 0:
             config = _CONFIGS[body[0] % len(_CONFIGS)] if body else _CONFIGS[0]
-            decode_raw_request(body, "m", "", config)
+            request, plan = decode_raw_request(body, "m", "", config)
         else:
-            decode_request(body, length, "m", "", SHM if len(body) % 2 else NO_SHM)
+            request, plan = decode_request(body, length, "m", "", shm)
+        # an identity model's answer, encoded as asked (JSON, binary, shared memory)
+        encoded = encode_response(echo(request), plan, shm)
+        orjson.loads(encoded.header)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,18 @@ LIMITS = ("-max_len=8192", "-rss_limit_mb=2048", "-malloc_limit_mb=1024", "-time
 
 
 def command(harness: str, *flags: str, corpus: list[Path]) -> list[str]:
-    return [sys.executable, "-m", f"fuzz.{harness}", *LIMITS, *flags, *map(str, corpus)]
+    """The harness's libFuzzer command line, with its dictionary of tokens when it has one."""
+    tokens = FUZZ / "dicts" / f"{harness}.dict"
+    dictionary = [f"-dict={tokens}"] if tokens.is_file() else []
+    return [
+        sys.executable,
+        "-m",
+        f"fuzz.{harness}",
+        *LIMITS,
+        *dictionary,
+        *flags,
+        *map(str, corpus),
+    ]
 
 
 def environment() -> dict[str, str]:

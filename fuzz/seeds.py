@@ -85,7 +85,21 @@ def http_infer() -> list[bytes]:
         "parameters": {"binary_data_output": True, "priority": 1, "note": "x"},
         "inputs": [{"name": "h", "shape": [2, 1], "datatype": "BF16", "data": [[1.5], [-0.0]]}],
     }
+    nested = {
+        "inputs": [
+            {"name": "s", "shape": [2, 1], "datatype": "BYTES", "data": [["a"], ["b"]]},
+            {"name": "u", "shape": [1, 2], "datatype": "UINT64", "data": [[2**64 - 1, 0]]},
+            {
+                "name": "e",
+                "shape": [0, 3],
+                "datatype": "FP16",
+                "parameters": {"binary_data_size": 0},
+            },
+        ],
+        "outputs": [{"name": "s", "parameters": {"binary_data": False}}, {"name": "u"}],
+    }
     return [
+        b"\n" + json.dumps(nested).encode(),
         _http_body([f32], outputs=outputs, request_id="1"),
         _http_body([f32_json, i64, u64]),
         _http_body([text_bin, flags], outputs=outputs),
@@ -172,7 +186,9 @@ def grpc_infer() -> list[bytes]:
     requests = grpc_requests()
     shm = requests[-1]
     shm.id = "s"  # 3 bytes more: the parity that picks shared-memory access flips
-    return [r.SerializeToString() for r in requests] + [grpc_requests()[-1].SerializeToString()]
+    return [r.SerializeToString(deterministic=True) for r in requests] + [
+        grpc_requests()[-1].SerializeToString(deterministic=True)
+    ]
 
 
 # ---------------------------------------------------------------------------- HTTP/2
@@ -215,8 +231,8 @@ def _call(
 def http2_connection() -> list[bytes]:
     unary_path = "/inference.GRPCInferenceService/ModelInfer"
     bidi_path = "/inference.GRPCInferenceService/ModelStreamInfer"
-    request = pb.ModelInferRequest(model_name="m", id="1").SerializeToString()
-    abort = pb.ModelInferRequest(id="abort").SerializeToString()
+    request = pb.ModelInferRequest(model_name="m", id="1").SerializeToString(deterministic=True)
+    abort = pb.ModelInferRequest(id="abort").SerializeToString(deterministic=True)
     start = h2.settings_frame(
         {h2.SETTINGS_INITIAL_WINDOW_SIZE: 1 << 20, h2.SETTINGS_MAX_FRAME_SIZE: 1 << 15}
     ) + h2.window_update(0, 1 << 20)
@@ -224,7 +240,12 @@ def http2_connection() -> list[bytes]:
     unary = start + _call(enc, 1, "ModelInfer", request) + _call(enc, 3, "ModelInfer", abort)
     enc = hpack.Encoder()
     gz = start + _call(
-        enc, 1, "ModelInfer", gzip.compress(request), ("grpc-encoding", "gzip"), compressed=True
+        enc,
+        1,
+        "ModelInfer",
+        gzip.compress(request, mtime=0),
+        ("grpc-encoding", "gzip"),
+        compressed=True,
     )
     enc = hpack.Encoder()
     block = _headers(enc, "/inference.GRPCInferenceService/ModelStreamInfer")
@@ -287,7 +308,7 @@ def http2_connection() -> list[bytes]:
         )
     )
     enc = hpack.Encoder()
-    big = pb.ModelInferRequest(id="x" * 300).SerializeToString()
+    big = pb.ModelInferRequest(id="x" * 300).SerializeToString(deterministic=True)
     blocked = (
         # no send window: responses wait for WINDOW_UPDATE (fed in pieces, after the handlers ran)
         h2.settings_frame({h2.SETTINGS_INITIAL_WINDOW_SIZE: 0, h2.SETTINGS_MAX_FRAME_SIZE: 16384})
