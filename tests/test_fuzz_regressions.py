@@ -161,6 +161,30 @@ def test_config_execute_timeout_not_a_number_is_a_config_error(tmp_path: Path, v
         prepare("m", model, auto_complete=False)
 
 
+@pytest.mark.parametrize(
+    ("dims", "kind"),
+    [
+        ("[ 3, 21474836484 ]", "random_data"),  # fuzz/model_config: 480 GiB, MemoryError
+        ("[ 4611686018427387904, 4 ]", "zero_data"),  # numpy: "array is too big"
+        ("[ 65536, 65536 ]", "zero_data"),  # 16 GiB that np.zeros would map lazily
+    ],
+)
+def test_config_warmup_sample_too_large_is_a_config_error(
+    tmp_path: Path, dims: str, kind: str
+) -> None:
+    model = tmp_path / "m"
+    (model / "1").mkdir(parents=True)
+    (model / "1" / "model.py").write_text("")
+    (model / "config.pbtxt").write_text(
+        UNKNOWN_TYPE_CONFIG
+        % ("TYPE_FP32", "TYPE_FP32")
+        + f'model_warmup {{ name: "w" batch_size: 1 inputs {{ key: "a" value {{ '
+        f"data_type: TYPE_FP32 dims: {dims} {kind}: true }} }} }}"
+    )
+    with pytest.raises(ConfigError, match=r"model_warmup 'w' input 'a' dims: .* at most 2 GiB"):
+        prepare("m", model, auto_complete=False)
+
+
 def test_warmup_data_type_without_a_name_is_a_config_error(tmp_path: Path) -> None:
     cfg = parse_text(
         UNKNOWN_TYPE_CONFIG

@@ -362,6 +362,11 @@ def _validate_batching(cfg: ModelConfig, fail: Any) -> None:
             )
 
 
+# A warmup sample is made in memory before the model is READY: one far past any real input
+# (a typo'd dimension) must fail the load with a message, not exhaust the server's memory.
+MAX_WARMUP_BYTES = 2 << 30
+
+
 def _validate_warmup(cfg: ModelConfig, w: Any, fail: Any) -> None:
     where = f"model_warmup '{w.name}'"
     if w.batch_size < 1:
@@ -371,11 +376,20 @@ def _validate_warmup(cfg: ModelConfig, w: Any, fail: Any) -> None:
     if cfg.max_batch_size and w.batch_size > cfg.max_batch_size:
         fail(f"{where} batch_size", f"exceeds max_batch_size ({cfg.max_batch_size})")
     names = {t.name for t in cfg.input}
+    rows = max(1, w.batch_size) if cfg.max_batch_size > 0 else 1
     for name, spec in w.inputs.items():
         if name not in names:
             fail(f"{where} inputs", f"'{name}' is not an input of the model")
-        if spec.data_type != mc.TYPE_INVALID and dtype_of(spec.data_type) is None:
+        d = dtype_of(spec.data_type)
+        if spec.data_type != mc.TYPE_INVALID and d is None:
             fail(f"{where} input '{name}' data_type", f"{spec.data_type} is not a data type")
+        nbytes = rows * _prod(list(spec.dims)) * ((d.itemsize or 8) if d else 1)
+        if nbytes > MAX_WARMUP_BYTES:
+            fail(
+                f"{where} input '{name}' dims",
+                f"{list(spec.dims)} x {rows} rows make a sample of {nbytes} bytes; at most "
+                f"{MAX_WARMUP_BYTES >> 30} GiB",
+            )
 
 
 # --------------------------------------------------------------------------- hot-path view

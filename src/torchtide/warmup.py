@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ def sample_inputs(cfg: ModelConfig, warmup: Any, model_dir: Path) -> dict[str, A
         dims = [int(x) for x in spec.dims]
         if any(x < 1 for x in dims):
             raise ConfigError(f"{where}: dims must be concrete sizes, got {dims}")
-        count = int(np.prod(dims)) if dims else 1
+        count = math.prod(dims)
         kind = spec.WhichOneof("input_data_type")
         if kind == "input_data_file":
             path = model_dir / "warmup" / spec.input_data_file
