@@ -185,6 +185,21 @@ def test_config_warmup_sample_too_large_is_a_config_error(
         prepare("m", model, auto_complete=False)
 
 
+def test_config_priority_levels_bounded(tmp_path: Path) -> None:
+    # Found by reading the harness's path (BatchPolicy.of): one queue per level, made eagerly;
+    # 20 million levels took 19 s and 244 MB, the uint32 maximum would exhaust memory.
+    model = tmp_path / "m"
+    (model / "1").mkdir(parents=True)
+    (model / "1" / "model.py").write_text("")
+    config = UNKNOWN_TYPE_CONFIG % ("TYPE_FP32", "TYPE_FP32")
+    (model / "config.pbtxt").write_text(
+        config
+        + "max_batch_size: 4 dynamic_batching { priority_levels: 4294967295 default_priority_level: 1 }"
+    )
+    with pytest.raises(ConfigError, match="priority_levels: 4294967295 is more than"):
+        prepare("m", model, auto_complete=False)
+
+
 def test_warmup_data_type_without_a_name_is_a_config_error(tmp_path: Path) -> None:
     cfg = parse_text(
         UNKNOWN_TYPE_CONFIG

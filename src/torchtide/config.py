@@ -334,6 +334,9 @@ def _prod(xs: list[int]) -> int:
     return n
 
 
+MAX_PRIORITY_LEVELS = 10_000
+
+
 def _validate_batching(cfg: ModelConfig, fail: Any) -> None:
     db = cfg.dynamic_batching
     if cfg.max_batch_size == 0:
@@ -347,6 +350,11 @@ def _validate_batching(cfg: ModelConfig, fail: Any) -> None:
                 f"{p} is outside 1..max_batch_size ({cfg.max_batch_size})",
             )
     levels = db.priority_levels
+    if levels > MAX_PRIORITY_LEVELS:  # the scheduler makes one queue per level up front
+        fail(
+            "dynamic_batching.priority_levels",
+            f"{levels} is more than the {MAX_PRIORITY_LEVELS} levels torchtide schedules",
+        )
     if levels and not 1 <= db.default_priority_level <= levels:
         fail(
             "dynamic_batching.default_priority_level",
