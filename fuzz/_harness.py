@@ -28,10 +28,34 @@ def instrumented() -> Any:
     return atheris.instrument_imports(include=list(INSTRUMENTED))
 
 
+# libFuzzer's -malloc_limit_mb needs a sanitizer's malloc hooks, which a Python process lacks,
+# and -rss_limit_mb only sees pages touched (numpy maps large arrays lazily). So the address
+# space itself is capped this far above what the harness holds after its imports: any one input
+# that makes the code under test reserve more fails with MemoryError, which is a crash.
+ADDRESS_SPACE_HEADROOM = 2 << 30
+
+
+def limit_address_space(headroom: int = ADDRESS_SPACE_HEADROOM) -> None:
+    """RLIMIT_AS = the current virtual size + `headroom` (Linux; elsewhere nothing)."""
+    import os
+    import resource
+
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[0])
+    except OSError:
+        return
+    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = pages * os.sysconf("SC_PAGE_SIZE") + headroom
+    if hard == resource.RLIM_INFINITY or limit < hard:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
 def main(test_one_input: Callable[[bytes], None]) -> None:
     """Hand `sys.argv` (libFuzzer's flags and corpus folders) to atheris and fuzz."""
     if atheris is None:
         raise SystemExit("atheris is not installed: pip install -e '.[dev]'")
+    limit_address_space()
     atheris.Setup(sys.argv, test_one_input)
     atheris.Fuzz()
 
