@@ -20,8 +20,9 @@ def shape_str(shape: Sequence[int]) -> str:
 
 
 # numpy cannot make an array of more than 64 dimensions, nor, even an empty one, of dimensions
-# (the zeros left out) multiplying past 2**63 bytes. A shape with a 0 passes every byte count,
-# so the shape itself is bounded: far past any real tensor, far below what numpy refuses.
+# (the zeros left out) multiplying past 2**63 bytes. A non-empty shape that large never matches
+# its data (the byte counts say so, in Triton's words); an empty one passes every byte count, so
+# its other dimensions are bounded here: far past any real tensor, far below what numpy refuses.
 MAX_DIMS = 64
 MAX_ELEMENTS = 2**48
 
@@ -34,15 +35,15 @@ def check_shape(name: str, shape: Sequence[int]) -> int:
             f"input '{name}': shape {shape_str(shape)} has {len(shape)} dimensions, more than "
             f"the {MAX_DIMS} a tensor may have"
         )
-    size = 1
-    for d in shape:
-        size *= d or 1
-    if size > MAX_ELEMENTS:
-        raise invalid_arg(
-            f"input '{name}': shape {shape_str(shape)} is too large: its non-zero dimensions "
-            f"multiply to {size} elements, more than {MAX_ELEMENTS}"
-        )
-    return math.prod(shape)
+    count = math.prod(shape)
+    if count == 0:
+        size = math.prod(d for d in shape if d)
+        if size > MAX_ELEMENTS:
+            raise invalid_arg(
+                f"input '{name}': shape {shape_str(shape)} is too large: its non-zero "
+                f"dimensions multiply to {size} elements, more than {MAX_ELEMENTS}"
+            )
+    return count
 
 
 def decode_bytes_elements(name: str, shape: Sequence[int], buf: memoryview | bytes) -> Array:
