@@ -19,7 +19,7 @@ serve: examples
 	HF_HUB_OFFLINE=1 .venv/bin/torchtide serve --model-repository $(REPO)
 
 lint: setup
-	.venv/bin/ruff check src tests benchmarks
+	.venv/bin/ruff check src tests benchmarks fuzz
 	.venv/bin/mypy
 
 test: lint

@@ -7,6 +7,7 @@ There is no second schema: `ModelSpec` is a small read-only view precomputed for
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -48,6 +49,11 @@ SUFFIX_BACKEND = {
 FILE_BACKEND = {f"model{suffix}": backend for suffix, backend in SUFFIX_BACKEND.items()}
 
 
+# parameters { key: "EXECUTE_TIMEOUT_SECS" value { string_value: "30" } }: the scheduler's
+# watchdog for a hung execute() (validated here, used by scheduler.BatchPolicy).
+EXECUTE_TIMEOUT_PARAM = "EXECUTE_TIMEOUT_SECS"
+
+
 class ConfigError(Exception):
     """A configuration problem; the message names the file, the field and what is wrong."""
 
@@ -62,6 +68,8 @@ def parse_text(text: str, source: str) -> ModelConfig:
         text_format.Parse(text, cfg)
     except text_format.ParseError as e:
         raise ConfigError(f"{source}: {_explain_parse_error(str(e))}") from None
+    except ValueError as e:  # an enum number past int32: protobuf's setter, not its parser
+        raise ConfigError(f"{source}: syntax error: {e}") from None
     return cfg
 
 
@@ -288,6 +296,8 @@ def validate(
             seen.add(t.name)
             if t.data_type == mc.TYPE_INVALID:
                 fail(f"{where} data_type", "is missing or TYPE_INVALID")
+            if dtype_of(t.data_type) is None:
+                fail(f"{where} data_type", f"{t.data_type} is not a data type")
             if not t.dims and not (t.HasField("reshape") and not t.reshape.shape):
                 fail(f"{where} dims", "must have at least one dimension")
             for d in t.dims:
@@ -324,6 +334,20 @@ def validate(
         fail("model_transaction_policy.decoupled", "only Python-backend models can be decoupled")
     for w in cfg.model_warmup:
         _validate_warmup(cfg, w, fail)
+    timeout = parameter(cfg, EXECUTE_TIMEOUT_PARAM)
+    if timeout and not _seconds(timeout):
+        fail(
+            f"parameters '{EXECUTE_TIMEOUT_PARAM}'",
+            f"must be a number of seconds >= 0, got '{timeout}'",
+        )
+
+
+def _seconds(text: str) -> bool:
+    try:
+        value = float(text)
+    except ValueError:
+        return False
+    return math.isfinite(value) and value >= 0
 
 
 def _check_reshape(t: Any, fail: Any, where: str) -> None:
@@ -343,6 +367,9 @@ def _prod(xs: list[int]) -> int:
     return n
 
 
+MAX_PRIORITY_LEVELS = 10_000
+
+
 def _validate_batching(cfg: ModelConfig, fail: Any) -> None:
     db = cfg.dynamic_batching
     if cfg.max_batch_size == 0:
@@ -356,6 +383,11 @@ def _validate_batching(cfg: ModelConfig, fail: Any) -> None:
                 f"{p} is outside 1..max_batch_size ({cfg.max_batch_size})",
             )
     levels = db.priority_levels
+    if levels > MAX_PRIORITY_LEVELS:  # the scheduler makes one queue per level up front
+        fail(
+            "dynamic_batching.priority_levels",
+            f"{levels} is more than the {MAX_PRIORITY_LEVELS} levels torchtide schedules",
+        )
     if levels and not 1 <= db.default_priority_level <= levels:
         fail(
             "dynamic_batching.default_priority_level",
@@ -371,6 +403,11 @@ def _validate_batching(cfg: ModelConfig, fail: Any) -> None:
             )
 
 
+# A warmup sample is made in memory before the model is READY: one far past any real input
+# (a typo'd dimension) must fail the load with a message, not exhaust the server's memory.
+MAX_WARMUP_BYTES = 2 << 30
+
+
 def _validate_warmup(cfg: ModelConfig, w: Any, fail: Any) -> None:
     where = f"model_warmup '{w.name}'"
     if w.batch_size < 1:
@@ -380,9 +417,20 @@ def _validate_warmup(cfg: ModelConfig, w: Any, fail: Any) -> None:
     if cfg.max_batch_size and w.batch_size > cfg.max_batch_size:
         fail(f"{where} batch_size", f"exceeds max_batch_size ({cfg.max_batch_size})")
     names = {t.name for t in cfg.input}
-    for name in w.inputs:
+    rows = max(1, w.batch_size) if cfg.max_batch_size > 0 else 1
+    for name, spec in w.inputs.items():
         if name not in names:
             fail(f"{where} inputs", f"'{name}' is not an input of the model")
+        d = dtype_of(spec.data_type)
+        if spec.data_type != mc.TYPE_INVALID and d is None:
+            fail(f"{where} input '{name}' data_type", f"{spec.data_type} is not a data type")
+        nbytes = rows * _prod(list(spec.dims)) * ((d.itemsize or 8) if d else 1)
+        if nbytes > MAX_WARMUP_BYTES:
+            fail(
+                f"{where} input '{name}' dims",
+                f"{list(spec.dims)} x {rows} rows make a sample of {nbytes} bytes; at most "
+                f"{MAX_WARMUP_BYTES >> 30} GiB",
+            )
 
 
 # --------------------------------------------------------------------------- hot-path view
@@ -418,7 +466,7 @@ class ModelSpec:
     @classmethod
     def of(cls, cfg: ModelConfig) -> ModelSpec:
         def spec(t: Any, is_input: bool) -> TensorSpec:
-            d = dtypes.from_config(mc.DataType.Name(t.data_type))
+            d = dtype_of(t.data_type)
             assert d is not None
             return TensorSpec(
                 name=t.name,
@@ -440,6 +488,15 @@ class ModelSpec:
             required_inputs=frozenset(n for n, s in inputs.items() if not s.optional),
             batching=cfg.HasField("dynamic_batching"),
         )
+
+
+def dtype_of(data_type: int) -> dtypes.DType | None:
+    """The DType of a DataType enum value; None for TYPE_INVALID and for numbers the enum does
+    not name (proto3 enums take any number from a config file)."""
+    try:
+        return dtypes.from_config(mc.DataType.Name(data_type))
+    except ValueError:
+        return None
 
 
 def parameter(cfg: ModelConfig, key: str, default: str = "") -> str:

@@ -20,6 +20,7 @@ from enum import Enum
 from typing import Any
 
 from torchtide.backends.base import Result, Timing, Work
+from torchtide.config import EXECUTE_TIMEOUT_PARAM
 from torchtide.errors import ServerError, Status, unavailable
 from torchtide.instances import InstanceRunner
 from torchtide.stats import ModelStats
@@ -106,7 +107,6 @@ class BatchPolicy:
 
 
 TIMEOUT_MESSAGE = "Request timeout expired"
-EXECUTE_TIMEOUT_PARAM = "EXECUTE_TIMEOUT_SECS"
 
 
 class Scheduler:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tritonclient.grpc import model_config_pb2 as mc
 
-from torchtide import dtypes
 from torchtide.backends.base import Timing, Work
-from torchtide.config import ConfigError, ModelConfig
+from torchtide.config import ConfigError, ModelConfig, dtype_of
 from torchtide.errors import ServerError
 from torchtide.instances import InstanceRunner
 from torchtide.wire import decode_bytes_elements
@@ -26,13 +25,13 @@ def sample_inputs(cfg: ModelConfig, warmup: Any, model_dir: Path) -> dict[str, A
     rng = np.random.default_rng(0)
     for name, spec in warmup.inputs.items():
         where = f"model_warmup '{warmup.name}' input '{name}'"
-        d = dtypes.from_config(mc.DataType.Name(spec.data_type))
-        if d is None or spec.data_type == mc.TYPE_INVALID:
+        d = dtype_of(spec.data_type)
+        if d is None:
             raise ConfigError(f"{where}: data_type is missing")
         dims = [int(x) for x in spec.dims]
         if any(x < 1 for x in dims):
             raise ConfigError(f"{where}: dims must be concrete sizes, got {dims}")
-        count = int(np.prod(dims)) if dims else 1
+        count = math.prod(dims)
         kind = spec.WhichOneof("input_data_type")
         if kind == "input_data_file":
             path = model_dir / "warmup" / spec.input_data_file

@@ -19,6 +19,33 @@ def shape_str(shape: Sequence[int]) -> str:
     return "[" + ",".join(str(int(d)) for d in shape) + "]"
 
 
+# numpy cannot make an array of more than 64 dimensions, nor, even an empty one, of dimensions
+# (the zeros left out) multiplying past 2**63 bytes. A non-empty shape that large never matches
+# its data (the byte counts say so, in Triton's words); an empty one passes every byte count, so
+# its other dimensions are bounded here: far past any real tensor, far below what numpy refuses.
+MAX_DIMS = 64
+MAX_ELEMENTS = 2**48
+
+
+def check_shape(name: str, shape: Sequence[int]) -> int:
+    """The element count of a shape of non-negative dimensions, or INVALID_ARG when no array
+    of that shape can be made."""
+    if len(shape) > MAX_DIMS:
+        raise invalid_arg(
+            f"input '{name}': shape {shape_str(shape)} has {len(shape)} dimensions, more than "
+            f"the {MAX_DIMS} a tensor may have"
+        )
+    count = math.prod(shape)
+    if count == 0:
+        size = math.prod(d for d in shape if d)
+        if size > MAX_ELEMENTS:
+            raise invalid_arg(
+                f"input '{name}': shape {shape_str(shape)} is too large: its non-zero "
+                f"dimensions multiply to {size} elements, more than {MAX_ELEMENTS}"
+            )
+    return count
+
+
 def decode_bytes_elements(name: str, shape: Sequence[int], buf: memoryview | bytes) -> Array:
     """Length-prefixed BYTES elements -> an object array of `bytes` of `shape`, or a clear
     INVALID_ARG naming the input and what is wrong."""

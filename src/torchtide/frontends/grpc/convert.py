@@ -21,7 +21,7 @@ from torchtide import dtypes
 from torchtide.errors import ServerError, Status, invalid_arg
 from torchtide.shm import SharedMemoryRegistry
 from torchtide.types import Array, InferRequest, InferResponse, InferTensor, RequestedOutput
-from torchtide.wire import decode_bytes_elements
+from torchtide.wire import check_shape, decode_bytes_elements
 
 # The one table from the core's neutral status to the gRPC status code (as Triton maps
 # TRITONSERVER_Error codes). Anything not in it is INTERNAL.
@@ -195,15 +195,13 @@ def _shm_params(params: Mapping[str, Any], tensor: str) -> ShmSpan | None:
 
 
 def _count(shape: Any, name: str, model: str) -> int:
-    n = 1
     for d in shape:
         if d < 0:
             raise invalid_arg(
                 f"unexpected shape for input '{name}' for model '{model}': "
                 f"dimension {d} is negative (got [{','.join(map(str, shape))}])"
             )
-        n *= d
-    return n
+    return check_shape(name, shape)
 
 
 def parse_bytes_tensor(buf: bytes | memoryview, count: int, name: str, model: str) -> Array:

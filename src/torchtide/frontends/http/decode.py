@@ -22,7 +22,7 @@ from torchtide.errors import ServerError, Status
 from torchtide.frontends.http.errors import CLIENT_SHM_DISABLED, bad_request
 from torchtide.shm import SharedMemoryRegistry
 from torchtide.types import Array, InferRequest, InferTensor, RequestedOutput
-from torchtide.wire import decode_bytes_elements
+from torchtide.wire import check_shape, decode_bytes_elements
 
 LENGTH_PREFIX = struct.Struct("<I")  # BYTES elements on the wire
 
@@ -53,6 +53,25 @@ class ShmAccess:
         if not self.allowed:
             raise ServerError(Status.UNSUPPORTED, CLIENT_SHM_DISABLED)
         return self.registry
+
+
+def header_length(header: str | None, size: int) -> int | None:
+    """The JSON header's length from Inference-Header-Content-Length: None when the header is
+    absent (the body is all JSON), 0 for a raw binary request."""
+    if header is None:
+        return None
+    header = header.strip()
+    if not (header.isascii() and header.isdigit()):  # isdigit alone takes '²', int() does not
+        raise bad_request(
+            f"Inference-Header-Content-Length must be a non-negative integer, got '{header}'"
+        )
+    length = int(header)
+    if length > size:
+        raise bad_request(
+            f"Inference-Header-Content-Length {length} is larger than the request body "
+            f"of {size} bytes"
+        )
+    return length
 
 
 def decode_request(
@@ -300,7 +319,9 @@ def _shape(name: str, raw: Any) -> tuple[int, ...]:
             raise bad_request(
                 f"input '{name}': invalid shape {raw}: dimensions must be non-negative integers"
             )
-    return tuple(raw)
+    shape = tuple(raw)
+    check_shape(name, shape)
+    return shape
 
 
 def _count(value: Any, what: str) -> int:
@@ -375,17 +396,14 @@ def _from_json(name: str, dt: dtypes.DType, shape: tuple[int, ...], data: Any) -
                 # Python ints past int64 (UINT64) make numpy pick float64 or object: retry exactly.
                 flat = _flatten(data)
                 if all(type(v) is int for v in flat):
-                    arr = np.array(flat, dtype=np.uint64 if min(flat) >= 0 else np.int64)
+                    lo, hi = min(flat), max(flat)
+                    if lo < 0 and hi > _INT64_MAX:  # neither int64 nor uint64 holds both
+                        raise _out_of_range(name, dt, lo, hi)
+                    arr = np.array(flat, dtype=np.uint64 if lo >= 0 else np.int64)
                     kind = arr.dtype.kind
             ok = kind in _INT_KINDS
             if ok:
-                info = np.iinfo(dt.numpy)
-                lo, hi = int(arr.min()), int(arr.max())
-                if lo < info.min or hi > info.max:
-                    raise bad_request(
-                        f"input '{name}': value {lo if lo < info.min else hi} is out of range for "
-                        f"{dt.wire}"
-                    )
+                _check_range(name, dt, int(arr.min()), int(arr.max()))
         else:
             ok = kind in _NUM_KINDS
         if not ok:
@@ -396,6 +414,20 @@ def _from_json(name: str, dt: dtypes.DType, shape: tuple[int, ...], data: Any) -
     if dt.wire == "BF16":
         return _bf16_bits(arr.astype(np.float32)).reshape(shape)
     return arr.astype(dt.numpy).reshape(shape)
+
+
+_INT64_MAX = 2**63 - 1
+
+
+def _check_range(name: str, dt: dtypes.DType, lo: int, hi: int) -> None:
+    info = np.iinfo(dt.numpy)
+    if lo < info.min or hi > info.max:
+        raise _out_of_range(name, dt, lo, hi)
+
+
+def _out_of_range(name: str, dt: dtypes.DType, lo: int, hi: int) -> ServerError:
+    value = lo if lo < np.iinfo(dt.numpy).min else hi
+    return bad_request(f"input '{name}': value {value} is out of range for {dt.wire}")
 
 
 def _flatten(data: list[Any]) -> list[Any]:

@@ -27,6 +27,7 @@ from torchtide.frontends.http.decode import (
     ShmAccess,
     decode_raw_request,
     decode_request,
+    header_length,
 )
 from torchtide.frontends.http.encode import encode_response
 from torchtide.frontends.http.errors import bad_request, http_status
@@ -273,27 +274,12 @@ class Api:
         self, req: Request, name: str, version: str
     ) -> tuple[InferRequest, OutputPlan]:
         body = self._body(req)
-        header = req.headers.get("inference-header-content-length")
-        if header is None:
-            request, plan = decode_request(body, None, name, version, self.shm)
+        length = header_length(req.headers.get("inference-header-content-length"), len(body))
+        if length == 0:
+            config = self.server.model_config(name, version)
+            request, plan = decode_raw_request(body, name, version, config)
         else:
-            header = header.strip()
-            if not header.isdigit():
-                raise bad_request(
-                    "Inference-Header-Content-Length must be a non-negative integer, "
-                    f"got '{header}'"
-                )
-            length = int(header)
-            if length > len(body):
-                raise bad_request(
-                    f"Inference-Header-Content-Length {length} is larger than the request body "
-                    f"of {len(body)} bytes"
-                )
-            if length == 0:
-                config = self.server.model_config(name, version)
-                request, plan = decode_raw_request(body, name, version, config)
-            else:
-                request, plan = decode_request(body, length, name, version, self.shm)
+            request, plan = decode_request(body, length, name, version, self.shm)
         return request, plan
 
     # ------------------------------------------------------------------ repository
