@@ -10,8 +10,12 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torchtide import __version__
+
+if TYPE_CHECKING:
+    from torchtide.tracing import TraceOptions
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -33,7 +37,6 @@ _IGNORED_FLAGS = frozenset(
         "--grpc-root-cert",
         "--metrics-interval-ms",
         "--metrics-config",
-        "--trace-config",
         "--cache-config",
         "--rate-limit",
         "--rate-limit-resource",
@@ -138,7 +141,49 @@ def serve_parser(prog: str = "torchtide serve") -> argparse.ArgumentParser:
         help="'json' (ours) writes JSON lines",
     )
     p.add_argument("--log-file", default="", metavar="PATH")
+    p.add_argument(
+        "--trace-config",
+        action="append",
+        default=[],
+        metavar="[MODE,]SETTING=VALUE",
+        help="tracing, as tritonserver takes it (repeatable): rate=N, level=OFF|TIMESTAMPS|"
+        "TENSORS, count=N, mode=triton|opentelemetry, triton,file=PATH, triton,log-frequency=N, "
+        "opentelemetry,url=URL, opentelemetry,resource=KEY=VALUE, opentelemetry,bsp_*=N",
+    )
+    # tritonserver's older spellings, still accepted (and deprecated) by 2.51
+    p.add_argument("--trace-file", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--trace-level", action="append", default=[], help=argparse.SUPPRESS)
+    p.add_argument("--trace-rate", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--trace-count", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--trace-log-frequency", default=None, help=argparse.SUPPRESS)
     return p
+
+
+_DEPRECATED_TRACE = {
+    "trace_file": "--trace-config triton,file=<filepath>",
+    "trace_level": "--trace-config level=<OFF|TIMESTAMPS|TENSORS>",
+    "trace_rate": "--trace-config rate=<rate value>",
+    "trace_count": "--trace-config count=<count value>",
+    "trace_log_frequency": "--trace-config triton,log-frequency=<log frequency value>",
+}
+
+
+def trace_options(args: argparse.Namespace, log: logging.Logger) -> TraceOptions:
+    """The tracing flags → TraceOptions; raises TraceFlagError with tritonserver's message."""
+    from torchtide.tracing import parse_trace_flags
+
+    for dest, instead in _DEPRECATED_TRACE.items():
+        if getattr(args, dest):
+            flag = "--" + dest.replace("_", "-")
+            log.warning("'%s' has been deprecated and will be removed; use '%s'", flag, instead)
+    return parse_trace_flags(
+        args.trace_config,
+        file=args.trace_file,
+        levels=args.trace_level,
+        rate=args.trace_rate,
+        count=args.trace_count,
+        log_frequency=args.trace_log_frequency,
+    )
 
 
 class _JsonFormatter(logging.Formatter):
@@ -197,6 +242,13 @@ def cmd_serve(argv: list[str], prog: str = "torchtide serve") -> int:
     from torchtide.app import App, AppOptions
     from torchtide.logsettings import LogSettings
     from torchtide.server import ServerOptions
+    from torchtide.tracing import TraceFlagError
+
+    try:
+        trace = trace_options(args, log)
+    except TraceFlagError as e:
+        log.error("%s", e)
+        return EXIT_USAGE
 
     fmt = args.log_format if args.log_format != "json" else "default"
     options = AppOptions(
@@ -208,6 +260,7 @@ def cmd_serve(argv: list[str], prog: str = "torchtide serve") -> int:
             auto_complete=not args.disable_auto_complete_config,
             exit_timeout_s=args.exit_timeout_secs,
             poll_secs=args.repository_poll_secs,
+            trace=trace,
         ),
         http_port=args.http_port if args.allow_http else None,
         grpc_port=args.grpc_port if args.allow_grpc else None,
@@ -220,7 +273,11 @@ def cmd_serve(argv: list[str], prog: str = "torchtide serve") -> int:
     )
 
     async def main() -> int:
-        app = App(options)
+        try:
+            app = App(options)
+        except RuntimeError as e:  # e.g. tracing to OpenTelemetry without its SDK installed
+            log.error("%s", e)
+            return EXIT_USAGE
         app.server.log_settings = LogSettings(
             log,
             verbose=args.log_verbose,

@@ -23,6 +23,7 @@ from torchtide.logsettings import LogSettings
 from torchtide.repository import Prepared, prepare, scan, version_dirs
 from torchtide.served import ServedVersion
 from torchtide.shm import SharedMemoryRegistry
+from torchtide.tracing import Changes, SettingsView, TraceOptions, Tracer
 from torchtide.types import InferRequest, InferResponse, InferTensor, RequestedOutput
 from torchtide.warmup import warm_up
 
@@ -38,6 +39,7 @@ EXTENSIONS = [
     "binary_tensor_data",
     "parameters",
     "statistics",
+    "trace",
     "logging",
 ]
 
@@ -63,6 +65,7 @@ class ServerOptions:
     gpu_count: int = -1  # -1: detect
     cpu_count: int = 0  # 0: detect (os.cpu_count)
     latency_histograms: bool = True  # beyond Triton: per-stage latency histograms (metrics)
+    trace: TraceOptions = field(default_factory=TraceOptions)  # --trace-config
 
 
 @dataclass
@@ -102,6 +105,7 @@ class InferenceServer:
         # Client-registered shared memory; CUDA regions only when torch sees a GPU.
         self.shm = SharedMemoryRegistry(load_cuda_runtime() if self.gpu_count > 0 else None)
         self.log_settings = LogSettings()
+        self.tracer = Tracer(options.trace)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -166,6 +170,7 @@ class InferenceServer:
             r.served.clear()
             r.states = {v: (ModelState.UNAVAILABLE, "server stopped") for v in r.states}
         self.shm.close()
+        await asyncio.to_thread(self.tracer.close)
         return all(results)
 
     # ------------------------------------------------------------------ health and metadata
@@ -276,6 +281,17 @@ class InferenceServer:
         )
         resp = await self.infer(req)
         return {t.name: t.data for t in resp.outputs}
+
+    # ------------------------------------------------------------------ trace settings
+
+    def trace_settings(self, model: str = "", changes: Changes | None = None) -> SettingsView:
+        """Triton's trace extension: the settings of the server or of one model, after applying
+        `changes` when given (None clears a model's own value)."""
+        if model and not self.model_ready(model):
+            raise invalid_arg(f"Request for unknown model : {model}")
+        if changes:
+            return self.tracer.update(model, changes)
+        return self.tracer.settings(model)
 
     # ------------------------------------------------------------------ statistics
 

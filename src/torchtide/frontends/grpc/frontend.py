@@ -104,6 +104,7 @@ class GrpcFrontend:
         methods = method_table(pb.DESCRIPTOR, "GRPCInferenceService", self.service)
         methods |= method_table(health_pb2.DESCRIPTOR, "Health", self.health)
         hub = Hub(methods)
+        hub.timestamps = self.server.tracer
         loop = asyncio.get_running_loop()
         try:
             # No SO_REUSEPORT: a second server on a taken port must fail, not share it.

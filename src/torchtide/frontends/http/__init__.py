@@ -40,6 +40,7 @@ class HttpFrontend:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         hub = self._hub = Hub(self.api.dispatch, error_response, self.max_input_size)
+        hub.timestamps = self.server.tracer
         self._listener = await loop.create_server(
             lambda: HttpConnection(hub), self.host, self.port, reuse_address=True, backlog=1024
         )

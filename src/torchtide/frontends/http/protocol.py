@@ -10,11 +10,12 @@ before they are buffered whole. A client that goes away cancels its in-flight re
 from __future__ import annotations
 
 import asyncio
+import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import httptools
 import orjson
@@ -36,6 +37,8 @@ class Request:
     keep_alive: bool = True
     http10: bool = False  # an HTTP/1.0 client must be told "Connection: keep-alive"
     preset: Response | None = None  # a refusal decided while parsing, answered in order
+    recv_start_ns: int = 0  # when its first byte and its last byte were read (monotonic ns),
+    recv_end_ns: int = 0  # recorded only while tracing is on
 
 
 @dataclass(slots=True)
@@ -46,6 +49,8 @@ class Response:
     blobs: list[bytes | memoryview] = field(default_factory=list)  # binary sections after body
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     close: bool = False
+    # Told when the response was handed to the transport (monotonic ns; 0, 0: never sent).
+    sent: Callable[[int, int], None] | None = None
 
     @classmethod
     def error(cls, status: int, message: str, *, close: bool = False) -> Response:
@@ -53,6 +58,14 @@ class Response:
 
 
 Handler = Callable[[Request], "Response | Coroutine[Any, Any, Response]"]
+
+
+class Switch(Protocol):
+    active: bool
+
+
+class _Off:
+    active = False
 
 
 class Hub:
@@ -66,6 +79,7 @@ class Hub:
         self.on_error = on_error
         self.max_input_size = max_input_size
         self.connections: set[HttpConnection] = set()
+        self.timestamps: Switch = _Off()  # while active, requests record when they arrived
         self.stopping = False
         self.all_closed = asyncio.Event()
         self.all_closed.set()
@@ -103,6 +117,7 @@ class HttpConnection(asyncio.Protocol):
         self._size = 0
         self._head = 0  # bytes of request line and headers so far
         self._linger: asyncio.TimerHandle | None = None
+        self._recv_start = 0
 
     # ------------------------------------------------------------------ transport events
 
@@ -143,6 +158,7 @@ class HttpConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ parser callbacks
 
     def on_message_begin(self) -> None:
+        self._recv_start = time.monotonic_ns() if self.hub.timestamps.active else 0
         self.in_message = True
         self._head = 0
         self._url = b""
@@ -199,6 +215,8 @@ class HttpConnection(asyncio.Protocol):
                 body,
                 parser.should_keep_alive(),
                 parser.get_http_version() == "1.0",
+                recv_start_ns=self._recv_start,
+                recv_end_ns=time.monotonic_ns() if self._recv_start else 0,
             )
         )
         self._chunks = []
@@ -244,8 +262,12 @@ class HttpConnection(asyncio.Protocol):
 
     def _write(self, req: Request, resp: Response) -> None:
         transport = self.transport
+        sent = resp.sent
         if self.closed or transport is None:
+            if sent is not None:
+                sent(0, 0)
             return
+        start = time.monotonic_ns() if sent is not None else 0
         keep = req.keep_alive and not resp.close and not (self.hub.stopping and not self.queue)
         body = resp.body
         blobs = resp.blobs
@@ -276,6 +298,8 @@ class HttpConnection(asyncio.Protocol):
             head.append(body)
             head.extend(bytes(b) if isinstance(b, memoryview) else b for b in blobs)
             transport.write(b"".join(head))
+        if sent is not None:
+            sent(start, time.monotonic_ns())
         if not keep:
             self._close()
 
