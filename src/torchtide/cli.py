@@ -275,8 +275,8 @@ def cmd_serve(argv: list[str], prog: str = "torchtide serve") -> int:
     async def main() -> int:
         try:
             app = App(options)
-        except RuntimeError as e:  # e.g. tracing to OpenTelemetry without its SDK installed
-            log.error("%s", e)
+        except RuntimeError as err:  # e.g. tracing to OpenTelemetry without its SDK installed
+            log.error("%s", err)
             return EXIT_USAGE
         app.server.log_settings = LogSettings(
             log,
