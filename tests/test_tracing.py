@@ -509,3 +509,32 @@ def test_grpc_trace_setting(traced: tuple[AppThread, Path]) -> None:
         "Unable to parse 'trace_count', value is out of range [ -1, 2147483647 ], got: 99999999999",
     )
     assert rpc({}, "nope") == (grpc.StatusCode.INVALID_ARGUMENT, "Request for unknown model : nope")
+
+
+async def test_in_process_trace_of_a_batched_torchscript_model(tmp_path: Path) -> None:
+    """The core alone (no front-end): a traced request to a tensor backend in a dynamic batch
+    gets its batch's compute timestamps, in order, on the same clock as the queue's."""
+    from tests.models import write_torchscript_linear
+    from torchtide.server import InferenceServer, ServerOptions
+    from torchtide.types import InferRequest, InferTensor
+
+    write_torchscript_linear(tmp_path / "repo")
+    f = tmp_path / "t.json"
+    server = InferenceServer(
+        ServerOptions([tmp_path / "repo"], trace=TraceOptions(Level.TIMESTAMPS, 1, -1, 0, str(f)))
+    )
+    await server.start()
+    try:
+        req = InferRequest("linear", [InferTensor.of("INPUT__0", np.ones((2, 4), np.float32))], id="t1")
+        req.trace = server.tracer.sample("linear")
+        assert req.trace is not None
+        resp = await server.infer(req)
+        assert resp.outputs[0].data.shape == (2, 2)
+        server.tracer.finish(req.trace)
+        assert server.tracer.flush()
+    finally:
+        await server.stop()
+    (t,) = group(json.loads(f.read_text())).values()
+    assert t["info"] == {"id": 1, "model_name": "linear", "model_version": 1, "request_id": "t1"}
+    assert t["order"] == CORE
+    assert sorted(CORE, key=t["stamps"].__getitem__) == CORE

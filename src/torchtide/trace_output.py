@@ -35,6 +35,7 @@ from torchtide.tracing import (
 log = logging.getLogger("torchtide.trace")
 
 _STOP = object()
+WRITE_EVERY_S = 0.05  # batch the main file's appends: one write per 50 ms, not one per trace
 
 
 class TraceOutput:
@@ -68,15 +69,19 @@ class TraceOutput:
     # -- the thread
 
     def _run(self) -> None:
+        touched: dict[int, Setting] = {}  # settings with traces for the main file
+        due = 0.0  # when they are written (traces are appended at most every WRITE_EVERY_S)
         while True:
-            items = [self._queue.get()]
-            while True:
-                try:
+            items = []
+            try:
+                wait = max(0.0, due - time.monotonic()) if touched else None
+                items.append(self._queue.get(timeout=wait))
+                while True:
                     items.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
+            except queue.Empty:
+                pass
             stop = False
-            touched: dict[int, Setting] = {}
+            had = bool(touched)
             for item in items:
                 try:
                     if item is _STOP:
@@ -91,7 +96,11 @@ class TraceOutput:
                         self._finish(item, touched)
                 except Exception:
                     log.exception("failed to write a trace")
-            self._write_pending(touched)
+            if touched and not had:
+                due = time.monotonic() + WRITE_EVERY_S
+            if touched and (stop or time.monotonic() >= due):
+                self._write_pending(touched)
+                touched.clear()
             if stop:
                 for s in list(self._retired.values()):
                     self._flush_setting(s)
