@@ -35,7 +35,7 @@ from torchtide.tracing import (
 log = logging.getLogger("torchtide.trace")
 
 _STOP = object()
-WRITE_EVERY_S = 0.05  # batch the main file's appends: one write per 50 ms, not one per trace
+WRITE_EVERY_S = 0.05  # traces are serialized and written in batches gathered over 50 ms
 
 
 class TraceOutput:
@@ -69,19 +69,19 @@ class TraceOutput:
     # -- the thread
 
     def _run(self) -> None:
-        touched: dict[int, Setting] = {}  # settings with traces for the main file
-        due = 0.0  # when they are written (traces are appended at most every WRITE_EVERY_S)
         while True:
-            items = []
-            try:
-                wait = max(0.0, due - time.monotonic()) if touched else None
-                items.append(self._queue.get(timeout=wait))
-                while True:
+            items = [self._queue.get()]
+            if isinstance(items[0], Trace):
+                # Let a batch gather: one wake-up of this thread per WRITE_EVERY_S under load,
+                # not one per trace (each would contend with the event loop for the GIL).
+                time.sleep(WRITE_EVERY_S)
+            while True:
+                try:
                     items.append(self._queue.get_nowait())
-            except queue.Empty:
-                pass
+                except queue.Empty:
+                    break
             stop = False
-            had = bool(touched)
+            touched: dict[int, Setting] = {}  # settings with traces for the main file
             for item in items:
                 try:
                     if item is _STOP:
@@ -96,11 +96,7 @@ class TraceOutput:
                         self._finish(item, touched)
                 except Exception:
                     log.exception("failed to write a trace")
-            if touched and not had:
-                due = time.monotonic() + WRITE_EVERY_S
-            if touched and (stop or time.monotonic() >= due):
-                self._write_pending(touched)
-                touched.clear()
+            self._write_pending(touched)
             if stop:
                 for s in list(self._retired.values()):
                     self._flush_setting(s)
