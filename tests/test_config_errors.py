@@ -88,13 +88,13 @@ CASES = [
         'platform: "tensorflow_savedmodel"\n' + IO,
         {"1/model.savedmodel": "x"},
         "{cfg}: platform: unsupported platform 'tensorflow_savedmodel' (supported: onnxruntime_onnx, "
-        "python, pytorch_libtorch, torch_export)",
+        "python, pytorch_libtorch, torch_aoti, torch_export)",
     ),
     (
         "unknown_backend",
         'backend: "tensorflow"\n' + IO,
         PY,
-        "{cfg}: backend: unknown backend 'tensorflow' (supported: python, pytorch, onnxruntime)",
+        "{cfg}: backend: unknown backend 'tensorflow' (supported: python, pytorch, onnxruntime, openvino)",
     ),
     (
         "gpu_without_gpu",

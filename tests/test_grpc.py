@@ -182,7 +182,7 @@ def test_live_ready_and_metadata(client: grpcclient.InferenceServerClient, app: 
     assert client.is_server_live()
     assert client.is_server_ready()
     meta = client.get_server_metadata(as_json=True)
-    assert meta["name"] == "torchtide"
+    assert meta["name"] == "triton"
     assert meta["extensions"] == app.app.server.metadata()["extensions"]
     m = client.get_model_metadata("add_sub", as_json=True)
     assert m["name"] == "add_sub" and m["versions"] == ["1"]

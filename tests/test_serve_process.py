@@ -29,6 +29,7 @@ from tests.conftest import free_port
 from tests.models import write_add_sub, write_model
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).parent.parent  # this checkout's src/ wins over the installed torchtide
 
 SLOW_PY = """
 import time
@@ -96,7 +97,7 @@ def launch(repo: Path, *extra: str, command: str = "torchtide") -> Served:
         args,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+        env={**os.environ, "PYTHONPATH": os.pathsep.join((str(ROOT / "src"), str(ROOT)))},
     )
     return Served(proc, http, grpc)
 

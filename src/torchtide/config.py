@@ -25,13 +25,25 @@ CONFIG_FILE = "config.pbtxt"
 PLATFORM_BACKEND = {
     "pytorch_libtorch": "pytorch",
     "torch_export": "pytorch",
+    "torch_aoti": "pytorch",
     "onnxruntime_onnx": "onnxruntime",
     "python": "python",
 }
 BACKEND_PLATFORM = {"pytorch": "pytorch_libtorch", "onnxruntime": "onnxruntime_onnx", "python": ""}
-DEFAULT_FILENAMES = {"pytorch": "model.pt", "onnxruntime": "model.onnx", "python": "model.py"}
+DEFAULT_FILENAMES = {
+    "pytorch": "model.pt",
+    "onnxruntime": "model.onnx",
+    "python": "model.py",
+    "openvino": "model.xml",
+}
 # What a version folder's files say about the backend when the config does not.
-SUFFIX_BACKEND = {".py": "python", ".pt": "pytorch", ".pt2": "pytorch", ".onnx": "onnxruntime"}
+SUFFIX_BACKEND = {
+    ".py": "python",
+    ".pt": "pytorch",
+    ".pt2": "pytorch",
+    ".onnx": "onnxruntime",
+    ".xml": "openvino",
+}
 FILE_BACKEND = {f"model{suffix}": backend for suffix, backend in SUFFIX_BACKEND.items()}
 
 
@@ -149,7 +161,12 @@ def resolve_backend(cfg: ModelConfig, model_dir: Path, versions: list[int]) -> s
 # for ONNX Runtime on CPU), sharing the cores between them. On 2 cores, 2 instances x 1 thread
 # served ResNet-18 best (README, "Defaults chosen").
 CPU_TENSOR_INSTANCES = 2
-THREAD_PARAMS = {"pytorch": "NUM_THREADS", "onnxruntime": "intra_op_thread_count"}
+THREAD_PARAMS = {
+    "pytorch": "NUM_THREADS",
+    "onnxruntime": "intra_op_thread_count",
+    "openvino": "INFERENCE_NUM_THREADS",
+}
+CPU_ONLY_BACKENDS = ("openvino",)  # KIND_AUTO means KIND_CPU even with GPUs (Triton's rule)
 
 
 def complete_defaults(
@@ -157,7 +174,8 @@ def complete_defaults(
 ) -> None:
     """Fill what Triton fills: name, backend/platform, version policy, instance groups,
     default file name, preferred batch sizes, pinned-memory flags."""
-    if not cfg.instance_group and not gpu_count and backend in THREAD_PARAMS:
+    auto_gpu = gpu_count > 0 and backend not in CPU_ONLY_BACKENDS
+    if not cfg.instance_group and not auto_gpu and backend in THREAD_PARAMS:
         _cpu_layout(cfg, backend, cpu_count or os.cpu_count() or 1)
     if not cfg.name:
         cfg.name = model_name
@@ -176,7 +194,7 @@ def complete_defaults(
             group.name = f"{cfg.name}_{i}"
         if group.kind == mc.ModelInstanceGroup.KIND_AUTO:
             group.kind = (
-                mc.ModelInstanceGroup.KIND_GPU if gpu_count else mc.ModelInstanceGroup.KIND_CPU
+                mc.ModelInstanceGroup.KIND_GPU if auto_gpu else mc.ModelInstanceGroup.KIND_CPU
             )
         if group.count == 0:
             group.count = 1
@@ -257,6 +275,8 @@ def validate(cfg: ModelConfig, source: str, gpu_count: int) -> None:
         if group.kind == mc.ModelInstanceGroup.KIND_CPU and group.gpus:
             fail(f"{where} gpus", "KIND_CPU instances cannot list gpus")
         if group.kind == mc.ModelInstanceGroup.KIND_GPU:
+            if cfg.backend in CPU_ONLY_BACKENDS:
+                fail(f"{where} kind", f"backend '{cfg.backend}' runs on KIND_CPU only")
             if gpu_count == 0:
                 fail(f"{where} kind", "KIND_GPU requested but no CUDA GPU is available")
             for g in group.gpus:

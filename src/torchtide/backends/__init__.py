@@ -27,6 +27,17 @@ def get_backend(name: str) -> Backend:
                 f"backend 'onnxruntime' needs the onnx extra: pip install 'torchtide[onnx]' ({e})",
             ) from None
         return OnnxBackend()
+    if name == "openvino":
+        try:
+            from torchtide.backends.openvino import OpenVinoBackend
+        except ImportError as e:  # the [openvino] extra is optional
+            raise ServerError(
+                Status.UNAVAILABLE,
+                f"backend 'openvino' needs the openvino extra: pip install 'torchtide[openvino]' "
+                f"({e})",
+            ) from None
+        return OpenVinoBackend()
     raise ServerError(
-        Status.INVALID_ARG, f"unknown backend '{name}' (supported: python, pytorch, onnxruntime)"
+        Status.INVALID_ARG,
+        f"unknown backend '{name}' (supported: python, pytorch, onnxruntime, openvino)",
     )

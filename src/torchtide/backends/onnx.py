@@ -3,6 +3,8 @@ auto-completed from the graph."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +59,41 @@ def _session_options(cfg: ModelConfig) -> ort.SessionOptions:
     return opts
 
 
-def _providers(device: str) -> list[Any]:
+def _providers(device: str, accelerators: list[Any]) -> list[Any]:
     if device.startswith("cuda"):
         return [
             ("CUDAExecutionProvider", {"device_id": int(device.split(":")[1])}),
+            *accelerators,
             "CPUExecutionProvider",
         ]
-    return ["CPUExecutionProvider"]
+    return [*accelerators, "CPUExecutionProvider"]
+
+
+_OPENVINO_EP = "OpenVINOExecutionProvider"
+# Triton: "ONNX session creation with OpenVINO is not thread-safe"; instances load in parallel.
+_OPENVINO_SESSION_LOCK = threading.Lock()
+
+
+def cpu_accelerators(cfg: ModelConfig, source: Path) -> list[Any]:
+    """Triton's `optimization { execution_accelerators { cpu_execution_accelerator } }`: the
+    execution providers it names, refused when the installed ONNX Runtime lacks them."""
+    found: list[Any] = []
+    where = f"{source}: optimization.execution_accelerators.cpu_execution_accelerator"
+    for ea in cfg.optimization.execution_accelerators.cpu_execution_accelerator:
+        if ea.name != "openvino":
+            raise ConfigError(
+                f"{where}: unknown Execution Accelerator '{ea.name}' is requested "
+                "(on CPU ONNX Runtime offers: openvino)"
+            )
+        available = ort.get_available_providers()
+        if _OPENVINO_EP not in available:
+            raise ConfigError(
+                f"{where}: 'openvino' needs ONNX Runtime's {_OPENVINO_EP}, which the installed "
+                f"onnxruntime {ort.__version__} lacks (it has: {', '.join(available)}); "
+                "install the onnxruntime-openvino wheel in place of onnxruntime"
+            )
+        found.append((_OPENVINO_EP, {"device_type": "CPU", **dict(ea.parameters)}))
+    return found
 
 
 class OnnxBackend(Backend):
@@ -107,11 +137,13 @@ class OnnxBackend(Backend):
 class OnnxInstance(TensorInstance):
     def __init__(self, ctx: LoadContext) -> None:
         self.batched = ctx.spec.max_batch_size > 0
-        self.session = ort.InferenceSession(
-            str(ctx.model_file),
-            _session_options(ctx.config),
-            providers=_providers(ctx.instance.device),
-        )
+        accelerators = cpu_accelerators(ctx.config, ctx.model_dir / "config.pbtxt")
+        with _OPENVINO_SESSION_LOCK if accelerators else contextlib.nullcontext():
+            self.session = ort.InferenceSession(
+                str(ctx.model_file),
+                _session_options(ctx.config),
+                providers=_providers(ctx.instance.device, accelerators),
+            )
         self.label = f"model '{ctx.spec.name}' instance '{ctx.instance.name}'"
         check_graph(self.session, ctx)
         self.spec = ctx.spec

@@ -1,8 +1,10 @@
-"""PyTorch backend: TorchScript `model.pt` (platform pytorch_libtorch) and torch.export `model.pt2`.
+"""PyTorch backend: TorchScript `model.pt` (platform pytorch_libtorch), torch.export `model.pt2`
+and AOTInductor packages (`model.pt2` too, platform torch_aoti).
 
 Input names follow Triton's PyTorch backend: `<name>__<index>` binds by position, otherwise
-forward-argument names bind by name. Outputs `<name>__<index>` index the returned tuple;
-a dict return binds by key; a single tensor is output 0.
+forward-argument names bind by name (Triton's AOTI names `ARGS[<index>]` by position too).
+Outputs `<name>__<index>` (or `RESULT[<index>]`) index the returned tuple; a dict return binds
+by key; a single tensor is output 0. `INFERENCE_PRECISION` runs the model under autocast.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from tritonclient.grpc import model_config_pb2 as mc
 
 from torchtide import dtypes
+from torchtide.backends import aoti, precision
 from torchtide.backends.base import (
     Array,
     Backend,
@@ -37,7 +40,7 @@ from torchtide.config import ConfigError, ModelConfig, parameter
 from torchtide.errors import ServerError, internal
 from torchtide.wire import shape_str
 
-_INDEXED = re.compile(r"^(.*)__(\d+)$")
+_INDEXED = re.compile(r"^(.*)__(\d+)$|^(?:ARGS|RESULT)\[(\d+)\]$")
 # torch.export.load keeps global deserializer state: instances loading at once must take turns.
 _EXPORT_LOAD_LOCK = threading.Lock()
 
@@ -56,6 +59,13 @@ class PyTorchBackend(Backend):
 
     def auto_complete(self, cfg: ModelConfig, model_file: Path, model_dir: Path) -> None:
         if cfg.input and cfg.output:
+            return
+        if aoti.is_aoti_package(model_file):
+            if not cfg.input or not cfg.output:
+                raise ConfigError(
+                    f"{model_dir / 'config.pbtxt'}: input/output: an AOTInductor package does "
+                    "not record its tensor names and shapes; list them in config.pbtxt"
+                )
             return
         if model_file.suffix != ".pt2":
             if not cfg.input or not cfg.output:
@@ -139,11 +149,24 @@ class PyTorchInstance(TensorInstance):
         self.spec = ctx.spec
         self.label = f"model '{ctx.spec.name}' instance '{ctx.instance.name}'"
         path = ctx.model_file
+        self.autocast = precision.autocast_dtype(
+            cfg, self.device, str(ctx.model_dir / "config.pbtxt")
+        )
+        self.module: Any
         signature: ExportSignature | None = None
-        if path.suffix == ".pt2":
+        if aoti.is_aoti_package(path):
+            if self.autocast is not None:
+                raise ConfigError(
+                    f"{path}: {precision.PARAMETER}: an AOTInductor package runs as compiled; "
+                    "compile it under torch.autocast instead"
+                )
+            self.module, n_args = aoti.load(path, self.device)
+            arg_names = [f"ARGS[{i}]" for i in range(n_args)]
+            required = list(range(n_args))
+        elif path.suffix == ".pt2":
             program = _load_exported(path)
             signature = ExportSignature.of(program)
-            self.module: Any = program.module()
+            self.module = program.module()
             arg_names = signature.input_names
             required = list(range(len(arg_names)))
             self.module.to(self.device)
@@ -232,7 +255,7 @@ class PyTorchInstance(TensorInstance):
             args[self.positions[name]] = self._to_torch(name, arr)
         if self.threads and torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
-        with torch.inference_mode():
+        with torch.inference_mode(), precision.autocast(self.device, self.autocast):
             result = self.module(*args)
         return self._outputs(result, output_names)
 
@@ -278,8 +301,10 @@ def _to_numpy(t: torch.Tensor, wire: str) -> Array:
     t = t.detach()
     if t.device.type != "cpu":
         t = t.cpu()
-    if wire == "BF16" or t.dtype == torch.bfloat16:
+    if wire == "BF16":
         return t.to(torch.bfloat16).contiguous().view(torch.uint16).numpy()
+    if t.dtype == torch.bfloat16:  # autocast's outputs: back to the config's data type
+        t = t.float()
     arr = t.numpy()
     want = dtypes.BY_WIRE[wire].numpy
     return arr if arr.dtype == want else arr.astype(want)
@@ -287,7 +312,7 @@ def _to_numpy(t: torch.Tensor, wire: str) -> Array:
 
 def _index_of(name: str) -> int | None:
     m = _INDEXED.match(name)
-    return int(m.group(2)) if m else None
+    return int(m.group(2) or m.group(3)) if m else None
 
 
 def _bind_inputs(names: list[str], arg_names: list[str], path: Path) -> dict[str, int]:
