@@ -5,7 +5,9 @@ written to the trace file), in the same run.
 Three `torchtide serve` processes run side by side, one per setting; `torchtide bench` measures
 each in turn (c=1 p50 latency, c=32 throughput) in short slices whose order rotates every round,
 so that drift on a shared machine hits all three alike. Ratios are taken per round against the
-"off" slice of that round; the table shows medians.
+"off" slice of that round; the table shows medians. The server's own CPU time per request
+(process CPU over the c=32 slice / requests it completed, from its statistics) is the steadier
+figure on a loaded machine.
 
     python -m benchmarks.trace_overhead [--rounds 5] [--seconds 3] [--protocols http,grpc]
 """
@@ -13,6 +15,7 @@ so that drift on a shared machine hits all three alike. Ratios are taken per rou
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -20,6 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -65,6 +70,14 @@ def start(
     raise RuntimeError("server did not become ready")
 
 
+def completed(port: int) -> int:
+    """Successful inferences the server has counted for add_sub (statistics extension)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/add_sub/stats") as r:
+        return int(json.load(r)["model_stats"][0]["inference_stats"]["success"]["count"])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=5)
@@ -84,7 +97,7 @@ def main() -> None:
     res: dict[str, dict[str, dict[str, list[float]]]] = {}
     try:
         for proto in args.protocols.split(","):
-            r = res[proto] = {"p50": {n: [] for n in names}, "tput": {n: [] for n in names}}
+            r = res[proto] = {k: {n: [] for n in names} for k in ("p50", "tput", "cpu")}
             for rnd in range(args.rounds):
                 order = names[rnd % 3 :] + names[: rnd % 3]
                 for name in order:
@@ -92,9 +105,13 @@ def main() -> None:
                     one: dict[str, Any] = bench(
                         "add_sub", port, proto, 1, args.seconds, args.warmup, None
                     )
+                    proc = psutil.Process(servers[name][0].pid)
+                    cpu0, n0 = sum(proc.cpu_times()[:2]), completed(servers[name][1]["http"])
                     many: dict[str, Any] = bench(
                         "add_sub", port, proto, 32, args.seconds, args.warmup, None
                     )
+                    cpu1, n1 = sum(proc.cpu_times()[:2]), completed(servers[name][1]["http"])
+                    r["cpu"][name].append((cpu1 - cpu0) / max(1, n1 - n0) * 1e6)
                     r["p50"][name].append(one["p50_ms"] * 1000)
                     r["tput"][name].append(many["throughput"])
     finally:
@@ -106,19 +123,24 @@ def main() -> None:
         f"\nW1 add_sub, {args.rounds} rounds of {args.seconds:g} s slices per setting, "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n"
     )
-    print("| protocol | tracing | c=1 p50 µs | ratio to off | c=32 infer/s | ratio to off |")
-    print("|---|---|---:|---:|---:|---:|")
+    print(
+        "| protocol | tracing | c=1 p50 µs | ratio to off | c=32 infer/s | ratio to off "
+        "| server CPU µs/request (c=32) | ratio to off |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for proto, r in res.items():
         for name in names:
             p50 = [a / b for a, b in zip(r["p50"][name], r["p50"]["off"], strict=True)]
             tput = [a / b for a, b in zip(r["tput"][name], r["tput"]["off"], strict=True)]
+            cpu = [a / b for a, b in zip(r["cpu"][name], r["cpu"]["off"], strict=True)]
             print(
                 f"| {proto} | {name} | {med(r['p50'][name]):.0f} | {med(p50):.3f} | "
-                f"{med(r['tput'][name]):,.0f} | {med(tput):.3f} |"
+                f"{med(r['tput'][name]):,.0f} | {med(tput):.3f} | "
+                f"{med(r['cpu'][name]):.0f} | {med(cpu):.3f} |"
             )
     print(
         "\nRatios: median over rounds of (setting / off in the same round); p50 > 1 and "
-        "throughput < 1 are costs."
+        "throughput < 1 and CPU > 1 are costs."
     )
 
 
