@@ -353,8 +353,6 @@ class InferenceService:
         if request.settings:
             # An empty value list clears a model's own value (falls back to the global one).
             changes = {k: list(v.value) or None for k, v in request.settings.items()}
-            if "trace_level" in changes and changes["trace_level"] is None:
-                changes["trace_level"] = []
         view = self.server.trace_settings(request.model_name, changes)
         resp = pb.TraceSettingResponse()
         for key, values in view.items():
