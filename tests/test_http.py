@@ -1105,7 +1105,7 @@ class TritonPythonModel:
         self.gate = json.loads(args["model_config"])["parameters"]["gate"]["string_value"]
 
     def execute(self, requests):
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120
         while not os.path.exists(self.gate) and time.monotonic() < deadline:
             time.sleep(0.005)
         return [pb_utils.InferenceResponse(
@@ -1135,7 +1135,7 @@ def _gate_request(x: float) -> bytes:
     ) + body
 
 
-def _wait_for(cond: Any, timeout: float = 10) -> None:
+def _wait_for(cond: Any, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         assert time.monotonic() < deadline, "condition not reached"
@@ -1190,7 +1190,7 @@ def test_graceful_stop(gated: tuple[AppThread, Path]) -> None:
     assert reply.startswith(b"HTTP/1.1 503") and b"Connection: close" in reply
     partial.close()
     gate.touch()  # let the in-flight request finish
-    stopping.join(10)
+    stopping.join(60)
     assert not stopping.is_alive()
     raw = b""
     while chunk := busy.recv(65536):

@@ -226,7 +226,7 @@ def test_exit_on_error_says_why(repo: Path) -> None:
     log = Log(s.proc)
     try:
         assert s.proc.wait(60) == 1
-        log.wait_for(r"exiting: 1 model version\(s\) failed to load")
+        log.wait_for(r"exiting: broken failed to load \(--exit-on-error\)")
         assert log.count(r"failed to load 'broken'") == 1, log.text()
     finally:
         stop(s, log)

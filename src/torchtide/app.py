@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 import threading
 from collections.abc import Callable
@@ -71,6 +72,26 @@ def _security(o: AppOptions) -> _Security:
     )
 
 
+class ListenError(OSError):
+    """A front-end could not open its listener: the port is taken, the address is not this
+    machine's, or the port needs privileges. `errno` is the socket error's."""
+
+    def __init__(self, frontend: str, host: str, port: int, cause: OSError) -> None:
+        err = _socket_errno(cause)
+        self.frontend, self.host, self.port = frontend, host, port
+        self.reason = os.strerror(err).lower() if err else str(cause)
+        super().__init__(err, f"{frontend} could not listen on {host}:{port}: {self.reason}")
+
+
+def _socket_errno(e: BaseException | None) -> int | None:
+    # A front-end may re-raise the socket's error with its own message; the errno is below it.
+    while e is not None:
+        if isinstance(e, OSError) and isinstance(e.errno, int) and e.errno > 0:
+            return e.errno
+        e = e.__cause__ or e.__context__
+    return None
+
+
 class App:
     def __init__(self, options: AppOptions) -> None:
         self.options = options
@@ -114,8 +135,16 @@ class App:
                 self.server, o.metrics_address, o.metrics_port, self.metrics_registry
             )
         # Listeners open before models load, so liveness answers during a long start-up load.
-        for fe in self.frontends.values():
-            await fe.start()
+        started: list[Frontend] = []
+        for name, fe in self.frontends.items():
+            try:
+                await fe.start()
+            except OSError as e:
+                for other in reversed(started):
+                    await other.stop()
+                host = getattr(fe, "host", "")
+                raise ListenError(name, host, fe.port, e) from e
+            started.append(fe)
         await self.server.start()
 
     async def stop(self, timeout: float | None = None) -> bool:

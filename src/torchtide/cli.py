@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
+import errno
 import json
 import logging
 import signal
@@ -16,6 +18,7 @@ from torchtide import __version__
 from torchtide.frontends.limits import GrpcLimits, HttpLimits
 
 if TYPE_CHECKING:
+    from torchtide.app import ListenError
     from torchtide.tracing import TraceOptions
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -40,7 +43,6 @@ _IGNORED_FLAGS = frozenset(
         "--backend-directory",
         "--repoagent-directory",
         "--model-config-name",
-        "--id",
         "--buffer-manager-thread-count",
         "--model-load-thread-count",
         "--min-supported-compute-capability",
@@ -54,6 +56,20 @@ _IGNORED_FLAGS = frozenset(
         "--allow-vertex-ai",
         "--sagemaker-port",
         "--vertex-ai-port",
+    )
+)
+
+# tritonserver's security flags. One that serve_parser does not define is refused: a deployment
+# copied from Triton that relies on it must not run open. Defining it in the parser accepts it.
+_SECURITY_FLAGS = frozenset(
+    (
+        "--http-restricted-api",
+        "--grpc-restricted-protocol",
+        "--grpc-use-ssl",
+        "--grpc-use-ssl-mutual",
+        "--grpc-server-cert",
+        "--grpc-server-key",
+        "--grpc-root-cert",
     )
 )
 
@@ -381,17 +397,62 @@ def setup_logging(args: argparse.Namespace) -> logging.Logger:
     return logger
 
 
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _sort_unknown(parser: argparse.ArgumentParser, unknown: list[str]) -> tuple[list[str], str]:
+    """Splits what the parser did not know into tritonserver flags accepted with a warning, and
+    the one-line error for the rest ('' when there is none)."""
+    flags = [s for a in parser._actions for s in a.option_strings if s.startswith("--")]
+    ignored: list[str] = []
+    problems: list[str] = []
+    i = 0
+    while i < len(unknown):
+        token = unknown[i]
+        name = token.split("=", 1)[0]
+        i += 1
+        if name in _IGNORED_FLAGS:
+            if "=" not in token and i < len(unknown) and not unknown[i].startswith("-"):
+                token, i = f"{token} {unknown[i]}", i + 1  # its value
+            ignored.append(token)
+        elif name in _SECURITY_FLAGS:
+            problems.append(
+                f"{name} is a tritonserver security flag that torchtide does not implement yet; "
+                "refusing to start rather than serve without it"
+            )
+        elif name.startswith("-"):
+            hint = _did_you_mean(name, sorted({*flags, *_IGNORED_FLAGS, *_SECURITY_FLAGS}))
+            problems.append(f"unknown flag '{name}'{hint}")
+        else:
+            problems.append(f"unexpected argument '{token}'")
+    return ignored, "; ".join(problems)
+
+
+def _listen_error_line(e: ListenError) -> str:
+    flag = f"--{e.frontend}"
+    if e.errno == errno.EADDRINUSE:
+        return (
+            f"{e.frontend} port {e.port} is already in use on {e.host} (another server?); "
+            f"choose another with {flag}-port, or turn it off with --allow-{e.frontend}=false"
+        )
+    return (
+        f"cannot listen for {e.frontend} on {e.host}:{e.port}: {e.reason} "
+        f"(see {flag}-address and {flag}-port)"
+    )
+
+
 def cmd_serve(argv: list[str], prog: str = "torchtide serve") -> int:
     parser = serve_parser(prog)
     args, unknown = parser.parse_known_args(argv)
+    ignored, refused = _sort_unknown(parser, unknown)
+    if refused:
+        print(f"{prog}: error: {refused}", file=sys.stderr)
+        return EXIT_USAGE
     log = setup_logging(args)
-    if unknown:
-        known = [u for u in unknown if u.split("=")[0] in _IGNORED_FLAGS]
-        other = [u for u in unknown if u not in known]
-        if known:
-            log.warning("accepted but not implemented tritonserver flags: %s", " ".join(known))
-        if other:
-            log.warning("unknown flags ignored: %s", " ".join(other))
+    if ignored:
+        log.warning("accepted but not implemented tritonserver flags: %s", " ".join(ignored))
     if not args.repositories:
         parser.error("--model-repository is required")
     local = [r for r in args.repositories if isinstance(r, Path)]
@@ -410,7 +471,7 @@ def cmd_serve(argv: list[str], prog: str = "torchtide serve") -> int:
         return EXIT_USAGE
 
     from torchtide.access import TokenFileError
-    from torchtide.app import App, AppOptions
+    from torchtide.app import App, AppOptions, ListenError
     from torchtide.logsettings import LogSettings, model_table
     from torchtide.server import ServerOptions
     from torchtide.tls import TlsError
@@ -489,11 +550,16 @@ def cmd_serve(argv: list[str], prog: str = "torchtide serve") -> int:
         except (TlsError, TokenFileError) as bad:
             log.error("%s", bad)
             return EXIT_USAGE
+        except ListenError as listen_error:
+            print(f"{prog}: error: {_listen_error_line(listen_error)}", file=sys.stderr)
+            return EXIT_FAIL
         index = app.server.repository_index()
         log.info("\n%s", model_table(index))
+        # Each failed load was logged once, when it failed.
         failed = [e for e in index if e.get("state") == "UNAVAILABLE"]
         if (failed or app.server.remotes.errors()) and args.exit_on_error:
-            log.error("exiting: %d model version(s) failed to load (--exit-on-error)", len(failed))
+            names = sorted({str(e["name"]) for e in failed}) or ["a model repository"]
+            log.error("exiting: %s failed to load (--exit-on-error)", ", ".join(names))
             await app.stop(0)
             return EXIT_FAIL
         await stop.wait()
@@ -556,7 +622,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     cmd = COMMANDS.get(argv[0])
     if cmd is None:
-        print(f"torchtide: unknown command '{argv[0]}' (see 'torchtide --help')", file=sys.stderr)
+        hint = _did_you_mean(argv[0], list(COMMANDS))
+        print(
+            f"torchtide: unknown command '{argv[0]}'{hint} (see 'torchtide --help')",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     result: int = cmd[1](argv[1:])  # type: ignore[operator]
     return result

@@ -524,7 +524,9 @@ class InferenceServer:
                 spec = cfgmod.ModelSpec.of(prepared.config)
                 version_runners = [InstanceRunner(info) for info in instance_infos(prepared.config)]
                 runners.extend(version_runners)
-                await asyncio.gather(
+                # Every load settles before a failure is raised, so the cleanup below finalizes
+                # the instances that did load and no thread answers a loop that has gone.
+                loaded = await asyncio.gather(
                     *(
                         r.load(
                             prepared.backend,
@@ -533,8 +535,12 @@ class InferenceServer:
                             ),
                         )
                         for r in version_runners
-                    )
+                    ),
+                    return_exceptions=True,
                 )
+                for outcome in loaded:
+                    if isinstance(outcome, BaseException):
+                        raise outcome
                 if prepared.config.model_warmup:
                     await warm_up(prepared.config, version_runners, model_dir)
                 built[v] = ServedVersion(
