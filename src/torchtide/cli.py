@@ -19,6 +19,7 @@ from torchtide.frontends.limits import GrpcLimits, HttpLimits
 
 if TYPE_CHECKING:
     from torchtide.app import ListenError
+    from torchtide.tracing import TraceOptions
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -33,7 +34,6 @@ _IGNORED_FLAGS = frozenset(
         "--grpc-header-forward-pattern",
         "--metrics-interval-ms",
         "--metrics-config",
-        "--trace-config",
         "--cache-config",
         "--rate-limit",
         "--rate-limit-resource",
@@ -224,6 +224,21 @@ def serve_parser(prog: str = "torchtide serve") -> argparse.ArgumentParser:
         "Triton's example scripts check for 'triton'; torchtide's version is in 'version'",
     )
     _add_security_flags(p)
+    p.add_argument(
+        "--trace-config",
+        action="append",
+        default=[],
+        metavar="[MODE,]SETTING=VALUE",
+        help="tracing, as tritonserver takes it (repeatable): rate=N, level=OFF|TIMESTAMPS|"
+        "TENSORS, count=N, mode=triton|opentelemetry, triton,file=PATH, triton,log-frequency=N, "
+        "opentelemetry,url=URL, opentelemetry,resource=KEY=VALUE, opentelemetry,bsp_*=N",
+    )
+    # tritonserver's older spellings, still accepted (and deprecated) by 2.51
+    p.add_argument("--trace-file", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--trace-level", action="append", default=[], help=argparse.SUPPRESS)
+    p.add_argument("--trace-rate", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--trace-count", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--trace-log-frequency", default=None, help=argparse.SUPPRESS)
     return p
 
 
@@ -318,6 +333,33 @@ def _tls(args: argparse.Namespace, proto: str, log: logging.Logger) -> object:
     if mutual and not root:
         raise ValueError(f"--{proto}-use-ssl-mutual needs --{proto}-root-cert")
     return TlsOptions(Path(cert), Path(key), Path(root) if root else None, mutual)
+
+
+_DEPRECATED_TRACE = {
+    "trace_file": "--trace-config triton,file=<filepath>",
+    "trace_level": "--trace-config level=<OFF|TIMESTAMPS|TENSORS>",
+    "trace_rate": "--trace-config rate=<rate value>",
+    "trace_count": "--trace-config count=<count value>",
+    "trace_log_frequency": "--trace-config triton,log-frequency=<log frequency value>",
+}
+
+
+def trace_options(args: argparse.Namespace, log: logging.Logger) -> TraceOptions:
+    """The tracing flags → TraceOptions; raises TraceFlagError with tritonserver's message."""
+    from torchtide.tracing import parse_trace_flags
+
+    for dest, instead in _DEPRECATED_TRACE.items():
+        if getattr(args, dest):
+            flag = "--" + dest.replace("_", "-")
+            log.warning("'%s' has been deprecated and will be removed; use '%s'", flag, instead)
+    return parse_trace_flags(
+        args.trace_config,
+        file=args.trace_file,
+        levels=args.trace_level,
+        rate=args.trace_rate,
+        count=args.trace_count,
+        log_frequency=args.trace_log_frequency,
+    )
 
 
 class _JsonFormatter(logging.Formatter):
@@ -433,6 +475,13 @@ def cmd_serve(argv: list[str], prog: str = "torchtide serve") -> int:
     from torchtide.logsettings import LogSettings, model_table
     from torchtide.server import ServerOptions
     from torchtide.tls import TlsError
+    from torchtide.tracing import TraceFlagError
+
+    try:
+        trace = trace_options(args, log)
+    except TraceFlagError as e:
+        log.error("%s", e)
+        return EXIT_USAGE
 
     try:
         security = security_options(args, log)
@@ -451,6 +500,7 @@ def cmd_serve(argv: list[str], prog: str = "torchtide serve") -> int:
             exit_timeout_s=args.exit_timeout_secs,
             poll_secs=args.repository_poll_secs,
             server_name=args.server_name,
+            trace=trace,
         ),
         http_port=args.http_port if args.allow_http else None,
         grpc_port=args.grpc_port if args.allow_grpc else None,
@@ -477,7 +527,11 @@ def cmd_serve(argv: list[str], prog: str = "torchtide serve") -> int:
     )
 
     async def main() -> int:
-        app = App(options)
+        try:
+            app = App(options)
+        except RuntimeError as err:  # e.g. tracing to OpenTelemetry without its SDK installed
+            log.error("%s", err)
+            return EXIT_USAGE
         app.server.log_settings = LogSettings(
             log,
             verbose=args.log_verbose,

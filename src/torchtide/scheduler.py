@@ -43,6 +43,7 @@ class Pending:
     level: int = 0
     deadline_ns: int = 0  # 0 = no queue timeout
     state: State = State.QUEUED
+    timing: Timing | None = None  # its batch's, once dispatched (traces read it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,13 +350,14 @@ class Scheduler:
                 q.clear()
                 q.extend(kept)
         inst = self.idle.popleft()
+        timing = Timing()
         for p in batch:
             p.state = State.RUNNING
+            p.timing = timing
             self.stats.queue.add(now - p.enqueue_ns)
         self.stats.pending -= len(batch)
         self.stats.releases[reason] += 1
         self._running += 1
-        timing = Timing()
         seq = next(self._dispatch_seq)
         fut = inst.submit([p.work for p in batch], timing)
         fut.add_done_callback(lambda f: self._complete(inst, batch, timing, seq, f))

@@ -15,6 +15,7 @@ from torchtide.errors import ServerError, Status, invalid_arg
 from torchtide.instances import InstanceRunner
 from torchtide.scheduler import BatchPolicy, Scheduler
 from torchtide.stats import ModelStats
+from torchtide.tracing import Trace
 from torchtide.types import InferRequest, InferResponse, InferTensor
 from torchtide.wire import shape_str
 
@@ -150,10 +151,25 @@ class ServedVersion:
     # ------------------------------------------------------------------ inference
 
     async def infer(self, req: InferRequest) -> InferResponse:
+        trace = req.trace
+        if trace is None:
+            return await self._infer(req, None)
+        trace.request_start(self.version, req.id, req.inputs)
+        try:
+            resp = await self._infer(req, trace)
+            for t in resp.outputs:
+                trace.tensor("TENSOR_BACKEND_OUTPUT", t.name, t.datatype, t.data)
+            return resp
+        finally:
+            trace.request_end()
+
+    async def _infer(self, req: InferRequest, trace: Trace | None) -> InferResponse:
         inputs, rows, names = self.validate(req)
         work = Work(inputs, rows, names, req.id, req.parameters)
         key = batching.shape_key(inputs, self._ragged, self.spec.max_batch_size > 0)
         pending = self.scheduler.enqueue(work, key, req.id)
+        if trace is not None:
+            trace.pending = pending
         try:
             result: Result = await pending.future
         except asyncio.CancelledError:

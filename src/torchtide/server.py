@@ -25,6 +25,7 @@ from torchtide.repository import Prepared, prepare, scan, version_dirs
 from torchtide.repository_remote import RemoteRepositories
 from torchtide.served import ServedVersion
 from torchtide.shm import SharedMemoryRegistry
+from torchtide.tracing import Changes, SettingsView, TraceOptions, Tracer
 from torchtide.types import InferRequest, InferResponse, InferTensor, RequestedOutput
 from torchtide.warmup import warm_up
 
@@ -40,6 +41,7 @@ EXTENSIONS = [
     "binary_tensor_data",
     "parameters",
     "statistics",
+    "trace",
     "logging",
 ]
 
@@ -68,6 +70,7 @@ class ServerOptions:
     server_name: str = "triton"  # metadata "name": clients and Triton's examples check it
     remote_repositories: list[str] = field(default_factory=list)  # s3://, gs://, as:// URLs
     model_cache_dir: Path | None = None  # where remote repositories are mirrored (None: default)
+    trace: TraceOptions = field(default_factory=TraceOptions)  # --trace-config
 
 
 @dataclass
@@ -107,6 +110,7 @@ class InferenceServer:
         # Client-registered shared memory; CUDA regions only when torch sees a GPU.
         self.shm = SharedMemoryRegistry(load_cuda_runtime() if self.gpu_count > 0 else None)
         self.log_settings = LogSettings()
+        self.tracer = Tracer(options.trace)
         self.remotes = RemoteRepositories(options.remote_repositories, options.model_cache_dir)
 
     def _repository_paths(self) -> list[Path]:
@@ -179,6 +183,7 @@ class InferenceServer:
             r.served.clear()
             r.states = {v: (ModelState.UNAVAILABLE, "server stopped") for v in r.states}
         self.shm.close()
+        await asyncio.to_thread(self.tracer.close)
         return all(results)
 
     # ------------------------------------------------------------------ health and metadata
@@ -291,6 +296,17 @@ class InferenceServer:
         )
         resp = await self.infer(req)
         return {t.name: t.data for t in resp.outputs}
+
+    # ------------------------------------------------------------------ trace settings
+
+    def trace_settings(self, model: str = "", changes: Changes | None = None) -> SettingsView:
+        """Triton's trace extension: the settings of the server or of one model, after applying
+        `changes` when given (None clears a model's own value)."""
+        if model and not self.model_ready(model):
+            raise invalid_arg(f"Request for unknown model : {model}")
+        if changes:
+            return self.tracer.update(model, changes)
+        return self.tracer.settings(model)
 
     # ------------------------------------------------------------------ statistics
 

@@ -6,11 +6,14 @@ Front-ends build these; the core never sees bytes on a wire.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from torchtide import dtypes
+
+if TYPE_CHECKING:
+    from torchtide.tracing import Trace
 
 Array = np.ndarray[Any, Any]
 
@@ -63,6 +66,7 @@ class InferRequest:
     id: str = ""
     outputs: list[RequestedOutput] | None = None  # None = every output
     parameters: dict[str, Any] = field(default_factory=dict)
+    trace: Trace | None = None  # set by a front-end when this request is traced
 
 
 @dataclass(slots=True)

@@ -42,11 +42,26 @@ class Work:
 
 @dataclass(slots=True)
 class Timing:
-    """Nanoseconds spent in each stage of one execution (Triton's compute_* split)."""
+    """Nanoseconds spent in each stage of one execution (Triton's compute_* split), and when
+    the stages began and ended (monotonic ns, for traces: COMPUTE_START ... COMPUTE_END)."""
 
     input_ns: int = 0
     infer_ns: int = 0
     output_ns: int = 0
+    start_ns: int = 0
+    input_end_ns: int = 0
+    output_start_ns: int = 0
+    end_ns: int = 0
+
+    def mark(self, start: int, input_end: int, output_start: int, end: int) -> None:
+        """Add one run's stages (perf_counter_ns values); a retried batch keeps its first
+        start and its last end."""
+        self.input_ns += input_end - start
+        self.infer_ns += output_start - input_end
+        self.output_ns += end - output_start
+        if not self.start_ns:
+            self.start_ns, self.input_end_ns = start, input_end
+        self.output_start_ns, self.end_ns = output_start, end
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,9 +143,7 @@ class TensorInstance(ModelInstance):
         out = self.run(merged, names)
         t2 = time.perf_counter_ns()
         parts = batching.split(out, [w.rows for w in work]) if self.batched else [out]
-        timing.input_ns += t1 - t0
-        timing.infer_ns += t2 - t1
-        timing.output_ns += time.perf_counter_ns() - t2
+        timing.mark(t0, t1, t2, time.perf_counter_ns())
         return parts
 
     def _as_error(self, e: Exception) -> ServerError:

@@ -234,9 +234,7 @@ class PythonInstance(ModelInstance):
             ServerError(Status.CANCELLED, "request cancelled") if w.cancelled else next(it)
             for w in work
         ]
-        timing.input_ns += t1 - t0
-        timing.infer_ns += t2 - t1
-        timing.output_ns += time.perf_counter_ns() - t2
+        timing.mark(t0, t1, t2, time.perf_counter_ns())
         return final
 
     def finalize(self) -> None:

@@ -23,12 +23,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import time
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 import grpc
 import hpack
@@ -76,14 +77,22 @@ class AbortError(Exception):
 class Context:
     """What a handler may ask of its RPC (the subset of grpc.aio's ServicerContext we use)."""
 
-    __slots__ = ("_conn", "_stream")
+    __slots__ = ("_conn", "_stream", "sent")
 
     def __init__(self, conn: GrpcConnection, stream: Stream) -> None:
         self._conn = conn
         self._stream = stream
+        # A unary handler may set it: told when its response (or error status) was handed to
+        # the transport (monotonic ns start, end).
+        self.sent: Callable[[int, int], None] | None = None
 
     def invocation_metadata(self) -> list[tuple[str, str]]:
         return [(k, v) for k, v in self._stream.headers if not k.startswith(":")]
+
+    def received(self) -> tuple[int, int]:
+        """When the call opened and when its request was whole (monotonic ns), recorded only
+        while tracing is on; (0, 0) otherwise."""
+        return self._stream.opened_ns, self._stream.read_ns
 
     async def abort(self, code: grpc.StatusCode, details: str = "") -> NoReturn:
         raise AbortError(code, details)
@@ -119,6 +128,16 @@ class Stream:
     headers_sent: bool = False
     remote_closed: bool = False
     local_closed: bool = False
+    opened_ns: int = 0  # monotonic ns, while tracing is on
+    read_ns: int = 0
+
+
+class Switch(Protocol):
+    active: bool
+
+
+class _Off:
+    active = False
 
 
 # Access control: (path, request headers) → a refusal's status and message, or None.
@@ -138,6 +157,7 @@ class Hub:
         self.methods = methods
         self.limits = limits or GrpcLimits()
         self.admit = admit  # asked when a stream opens, before any of its body is buffered
+        self.timestamps: Switch = _Off()  # while active, calls record when they arrived
         self.connections: set[GrpcConnection] = set()
         self.idle = asyncio.Event()  # no RPC running on any connection
         self.idle.set()
@@ -484,6 +504,8 @@ class GrpcConnection(asyncio.Protocol):
                 encoding = v
         method = self.hub.methods.get(path)
         stream = Stream(sid, headers, method, self.peer_initial_window, encoding)
+        if self.hub.timestamps.active:
+            stream.opened_ns = time.monotonic_ns()
         self.streams[sid] = stream
         if not content_type.startswith("application/grpc"):
             stream.headers_sent = True  # not gRPC at all: HTTP 415, as the gRPC spec says
@@ -534,6 +556,8 @@ class GrpcConnection(asyncio.Protocol):
                 stream.inbox.put_nowait(ValueError("the request stream ended inside a message"))
             stream.inbox.put_nowait(_END)
         elif method is not None:
+            if stream.opened_ns:
+                stream.read_ns = time.monotonic_ns()
             self._start(stream, self._run_single(stream, method))
 
     def _feed(self, stream: Stream, body: memoryview) -> None:
@@ -610,13 +634,17 @@ class GrpcConnection(asyncio.Protocol):
             else:
                 request = method.request_type.FromString(raw)
             response = await method.handler(request, context)
+            start = time.monotonic_ns() if context.sent is not None else 0
             if method.kind is Kind.UNARY:
                 self.send_message(stream, response.SerializeToString())
             self.finish(stream, grpc.StatusCode.OK, "")
         except BaseException as e:
+            start = time.monotonic_ns() if context.sent is not None else 0
             self._failed(stream, e)
             if isinstance(e, (KeyboardInterrupt, SystemExit)):
                 raise
+        if context.sent is not None:
+            context.sent(start, time.monotonic_ns())
 
     async def _run_bidi(self, stream: Stream, method: Method) -> None:
         context = Context(self, stream)

@@ -152,6 +152,7 @@ class GrpcFrontend:
             self.limits,
             access_check(methods, access) if access and access.active else None,
         )
+        hub.timestamps = self.server.tracer
         loop = asyncio.get_running_loop()
         try:
             # No SO_REUSEPORT: a second server on a taken port must fail, not share it.

@@ -10,6 +10,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -27,14 +28,11 @@ from torchtide.frontends.grpc.convert import (
 )
 from torchtide.frontends.limits import OFFLOAD_TYPED_ELEMENTS
 from torchtide.server import InferenceServer
+from torchtide.tracing import Changes, Trace, Tracer, now_ns
 
 log = logging.getLogger("torchtide.grpc")
 
 SHUTTING_DOWN = "server is shutting down; not accepting new requests"
-TRACE_UNSUPPORTED = (
-    "trace settings are not supported: torchtide does not implement Triton's trace extension "
-    "(it is not listed in ServerMetadata extensions)"
-)
 
 _F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])
 
@@ -75,6 +73,21 @@ def rpc(*, refuse: bool = True) -> Callable[[_F], _F]:
 
 
 _WAKE = object()  # wakes a stream's writer when its reader ends
+
+
+@dataclass(slots=True)
+class _Traced:
+    """A stream's answer whose request is traced."""
+
+    item: Any
+    trace: Trace
+
+
+def _sample(tracer: Tracer, model: str, context: Any) -> Trace | None:
+    if not tracer.propagates:
+        return tracer.sample(model)
+    meta = dict(context.invocation_metadata())
+    return tracer.sample(model, meta.get("traceparent"), meta.get("tracestate"))
 
 
 class InferenceService:
@@ -124,22 +137,46 @@ class InferenceService:
 
     # ------------------------------------------------------------------ inference
 
-    async def _infer(self, request: Any) -> Any:
+    async def _infer(self, request: Any, trace: Trace | None = None) -> Any:
         if self.refusing():
             raise unavailable(SHUTTING_DOWN)
         if request.raw_input_contents or _typed_elements(request) < OFFLOAD_TYPED_ELEMENTS:
             req, shm_out = decode_request(request, self.shm)
         else:  # typed contents become arrays element by element: long for many, off the loop
             req, shm_out = await asyncio.to_thread(decode_request, request, self.shm)
+        req.trace = trace
         resp = await self.server.infer(req)
         return encode_response(resp, shm_out, self.shm)
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         # Not wrapped by @rpc: the hot path, one frame less. Same error mapping.
         try:
+            tracer = self.server.tracer
+            if tracer.active:
+                trace = _sample(tracer, request.model_name, context)
+                if trace is not None:
+                    return await self._infer_traced(request, context, tracer, trace)
             return await self._infer(request)
         except Exception as e:
             await _abort(context, e)
+
+    async def _infer_traced(self, request: Any, context: Any, tracer: Tracer, trace: Trace) -> Any:
+        """Triton's gRPC timestamps around the core's; the trace is written once sent."""
+        opened, read = context.received()
+        if opened:
+            trace.stamp("GRPC_WAITREAD_START", opened)
+            trace.stamp("GRPC_WAITREAD_END", read)
+
+        def sent(start: int, end: int) -> None:
+            trace.stamp("GRPC_SEND_START", start)
+            trace.stamp("GRPC_SEND_END", end)
+            tracer.finish(trace)
+
+        context.sent = sent
+        try:
+            return await self._infer(request, trace)
+        finally:
+            trace.stamp("INFER_RESPONSE_COMPLETE", now_ns())
 
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[Any], context: Any) -> None:
         """Requests are served concurrently; each gets one response, in completion order.
@@ -153,24 +190,36 @@ class InferenceService:
         out: asyncio.Queue[Any] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
         pending = 0  # requests read and not yet answered
+        tracer = self.server.tracer
 
-        async def one(request: Any) -> None:
+        async def one(request: Any, waited: int, got: int) -> None:
             nonlocal pending
+            trace = _sample(tracer, request.model_name, context) if tracer.active else None
+            if trace is not None and waited:
+                trace.stamp("GRPC_WAITREAD_START", waited)
+                trace.stamp("GRPC_WAITREAD_END", got)
             try:
-                item: Any = pb.ModelStreamInferResponse(infer_response=await self._infer(request))
+                response = await self._infer(request, trace)
+                item: Any = pb.ModelStreamInferResponse(infer_response=response)
             except Exception as e:
                 item = (e, request.id)
             finally:
                 pending -= 1
+            if trace is not None:
+                trace.stamp("INFER_RESPONSE_COMPLETE", now_ns())
+                item = _Traced(item, trace)
             out.put_nowait(item)
 
         async def read() -> None:
             nonlocal pending
+            waited = context.received()[0]
             async for request in request_iterator:
+                got = now_ns() if waited else 0
                 pending += 1
-                task = loop.create_task(one(request))
+                task = loop.create_task(one(request, waited, got))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
+                waited = now_ns() if tracer.active else 0
 
         reader = loop.create_task(read())
         reader.add_done_callback(lambda _: out.put_nowait(_WAKE))
@@ -180,9 +229,15 @@ class InferenceService:
                 item = await out.get()
                 if item is _WAKE:
                     continue
+                trace = None
+                if isinstance(item, _Traced):
+                    item, trace = item.item, item.trace
+                    start = now_ns()
                 if isinstance(item, tuple):
                     exc, rid = item
                     if strict:
+                        if trace is not None:
+                            tracer.finish(trace)
                         await _abort(context, exc)
                     msg = _message(exc)
                     log.debug("gRPC ModelStreamInfer request '%s' failed: %s", rid, msg)
@@ -190,6 +245,10 @@ class InferenceService:
                         error_message=msg, infer_response=pb.ModelInferResponse(id=rid)
                     )
                 await context.write(item)
+                if trace is not None:
+                    trace.stamp("GRPC_SEND_START", start)
+                    trace.stamp("GRPC_SEND_END", now_ns())
+                    tracer.finish(trace)
             if not reader.cancelled() and reader.exception() is not None:
                 raise reader.exception()  # type: ignore[misc]  # the request stream itself failed
         finally:
@@ -290,7 +349,15 @@ class InferenceService:
 
     @rpc()
     async def TraceSetting(self, request: Any, context: Any) -> Any:
-        raise unsupported(TRACE_UNSUPPORTED)
+        changes: Changes | None = None
+        if request.settings:
+            # An empty value list clears a model's own value (falls back to the global one).
+            changes = {k: list(v.value) or None for k, v in request.settings.items()}
+        view = self.server.trace_settings(request.model_name, changes)
+        resp = pb.TraceSettingResponse()
+        for key, values in view.items():
+            resp.settings[key].value.extend(values)
+        return resp
 
     @rpc()
     async def LogSettings(self, request: Any, context: Any) -> Any:

@@ -53,6 +53,7 @@ class HttpFrontend:
         hub = self._hub = Hub(
             self.api.dispatch, error_response, self.max_input_size, self.limits, admit
         )
+        hub.timestamps = self.server.tracer
         self._listener = await loop.create_server(
             lambda: HttpConnection(hub),
             self.host,

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import httptools
 import orjson
@@ -45,6 +46,8 @@ class Request:
     keep_alive: bool = True
     http10: bool = False  # an HTTP/1.0 client must be told "Connection: keep-alive"
     preset: Response | None = None  # a refusal decided while parsing, answered in order
+    recv_start_ns: int = 0  # when its first byte and its last byte were read (monotonic ns),
+    recv_end_ns: int = 0  # recorded only while tracing is on
 
 
 @dataclass(slots=True)
@@ -59,6 +62,8 @@ class Response:
     # other reply goes as it is (aiohttp, hence tritonclient's aio client, always sends
     # Accept-Encoding but decompresses only infer replies).
     compressible: bool = False
+    # Told when the response was handed to the transport (monotonic ns; 0, 0: never sent).
+    sent: Callable[[int, int], None] | None = None
 
     @classmethod
     def error(cls, status: int, message: str, *, close: bool = False) -> Response:
@@ -67,6 +72,14 @@ class Response:
 
 Handler = Callable[[Request], "Response | Coroutine[Any, Any, Response]"]
 Admit = Callable[[str, dict[str, str]], "Response | None"]  # (path, headers) → a refusal or None
+
+
+class Switch(Protocol):
+    active: bool
+
+
+class _Off:
+    active = False
 
 
 class Hub:
@@ -87,6 +100,7 @@ class Hub:
         self.max_input_size = max_input_size
         self.limits = limits or HttpLimits()
         self.connections: set[HttpConnection] = set()
+        self.timestamps: Switch = _Off()  # while active, requests record when they arrived
         self.stopping = False
         self.all_closed = asyncio.Event()
         self.all_closed.set()
@@ -152,6 +166,7 @@ class HttpConnection(asyncio.Protocol):
         self.active_at = self.since  # last read, or last sweep that found a request in progress
         self.fresh = True  # no request begun yet
         self.headers_done = False
+        self._recv_start = 0
 
     # ------------------------------------------------------------------ transport events
 
@@ -197,6 +212,7 @@ class HttpConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ parser callbacks
 
     def on_message_begin(self) -> None:
+        self._recv_start = time.monotonic_ns() if self.hub.timestamps.active else 0
         self.in_message = True
         self.since = self.active_at
         self.fresh = self.headers_done = False
@@ -259,6 +275,8 @@ class HttpConnection(asyncio.Protocol):
                 parser.should_keep_alive(),
                 parser.get_http_version() == "1.0",
                 self._denied,
+                recv_start_ns=self._recv_start,
+                recv_end_ns=time.monotonic_ns() if self._recv_start else 0,
             )
         )
         self._chunks = []
@@ -304,8 +322,12 @@ class HttpConnection(asyncio.Protocol):
 
     def _write(self, req: Request, resp: Response) -> None:
         transport = self.transport
+        sent = resp.sent
         if self.closed or transport is None:
+            if sent is not None:
+                sent(0, 0)
             return
+        start = time.monotonic_ns() if sent is not None else 0
         keep = req.keep_alive and not resp.close and not (self.hub.stopping and not self.queue)
         if resp.status >= 400 and log.isEnabledFor(logging.DEBUG):
             _log_failure(req, resp)
@@ -338,6 +360,8 @@ class HttpConnection(asyncio.Protocol):
             head.append(body)
             head.extend(bytes(b) if isinstance(b, memoryview) else b for b in blobs)
             transport.write(b"".join(head))
+        if sent is not None:
+            sent(start, time.monotonic_ns())
         if not keep:
             self._close()
 

@@ -34,11 +34,14 @@ from torchtide.frontends.http.errors import bad_request, http_status
 from torchtide.frontends.http.protocol import Request, Response
 from torchtide.frontends.limits import OFFLOAD_JSON_BYTES
 from torchtide.server import InferenceServer
+from torchtide.tracing import FILE_READONLY, Changes, Trace, now_ns
 from torchtide.types import InferRequest
 
 log = logging.getLogger("torchtide.http")
 
-_MODEL = re.compile(r"/v2/models/([^/]+)(?:/versions/([0-9]+))?(?:/(infer|ready|config|stats))?")
+_MODEL = re.compile(
+    r"/v2/models/([^/]+)(?:/versions/([0-9]+))?(?:/(infer|ready|config|stats|trace/setting))?"
+)
 _SHM = re.compile(
     r"/v2/(systemsharedmemory|cudasharedmemory)(?:/region/([^/]+))?/(status|register|unregister)"
 )
@@ -104,6 +107,7 @@ class Api:
             "ready": (g.HEALTH, {"GET": self.model_ready}),
             "config": (g.MODEL_CONFIG, {"GET": self.model_config}),
             "stats": (g.STATISTICS, {"GET": self.stats}),
+            "trace/setting": (g.TRACE, {"GET": self.trace_setting, "POST": self.trace_setting}),
             None: (g.METADATA, {"GET": self.model_metadata}),
         }
         self._shm_routes: dict[tuple[str, str], dict[str, Endpoint]] = {
@@ -119,6 +123,7 @@ class Api:
             "/v2/health/live": (g.HEALTH, {"GET": self.live}),
             "/v2/health/ready": (g.HEALTH, {"GET": self.ready}),
             "/v2/logging": (g.LOGGING, {"GET": self.logging, "POST": self.logging}),
+            "/v2/trace/setting": (g.TRACE, {"GET": self.trace_setting, "POST": self.trace_setting}),
         }
 
     # ------------------------------------------------------------------ dispatch
@@ -157,6 +162,8 @@ class Api:
             return *self._model_routes["stats"], ("", "")
         m = _MODEL.fullmatch(path)
         if m is not None:
+            if m[3] == "trace/setting" and m[2]:
+                return None  # trace settings are per model, not per version (Triton: 404)
             return *self._model_routes[m[3]], (unquote(m[1]), m[2] or "")
         fixed = self._fixed.get(path)
         if fixed is not None:
@@ -250,13 +257,57 @@ class Api:
             return Response(200, orjson.dumps(settings.update(changes)))
         return Response(200, orjson.dumps(settings.get()))
 
+    async def trace_setting(self, req: Request, name: str = "", version: str = "") -> Response:
+        changes = None
+        if req.method == "POST":
+            changes = trace_changes(await self._json(req, "trace setting request"))
+        view = self.server.trace_settings(name, changes)
+        # One value per setting is a string (the last, for a setting given several times, as
+        # a JSON reader of tritonserver's repeated keys sees it); trace_level is an array.
+        doc = {k: v if k == "trace_level" else v[-1] for k, v in view.items()}
+        return Response(200, orjson.dumps(doc))
+
     # ------------------------------------------------------------------ inference
 
     async def infer(self, req: Request, name: str, version: str) -> Response:
+        tracer = self.server.tracer
+        if tracer.active:
+            headers = req.headers
+            trace = tracer.sample(name, headers.get("traceparent"), headers.get("tracestate"))
+            if trace is not None:
+                return await self._infer_traced(req, name, version, trace)
+        return await self._infer(req, name, version, None)
+
+    async def _infer_traced(self, req: Request, name: str, version: str, trace: Trace) -> Response:
+        """Triton's HTTP timestamps around the core's; the trace is written once sent."""
+        if req.recv_start_ns:
+            trace.stamp("HTTP_RECV_START", req.recv_start_ns)
+            trace.stamp("HTTP_RECV_END", req.recv_end_ns)
+        tracer = self.server.tracer
+        try:
+            response = await self._infer(req, name, version, trace)
+        except asyncio.CancelledError:
+            tracer.finish(trace)  # the client went away
+            raise
+        except Exception as e:
+            response = error_response(e)
+        trace.stamp("INFER_RESPONSE_COMPLETE", now_ns())
+
+        def sent(start: int, end: int) -> None:
+            if start:
+                trace.stamp("HTTP_SEND_START", start)
+                trace.stamp("HTTP_SEND_END", end)
+            tracer.finish(trace)
+
+        response.sent = sent
+        return response
+
+    async def _infer(self, req: Request, name: str, version: str, trace: Trace | None) -> Response:
         if _offload(req):
             request, plan = await asyncio.to_thread(self._decode_infer, req, name, version)
         else:
             request, plan = self._decode_infer(req, name, version)
+        request.trace = trace
         response = await self.server.infer(request)
         encoded = encode_response(response, plan, self.shm)
         if not encoded.blobs:
@@ -361,6 +412,29 @@ class Api:
     def cuda_unregister(self, req: Request, region: str) -> Response:
         self.shm.check().unregister_cuda(region)  # unknown names are not an error (Triton)
         return Response(200)
+
+
+def trace_changes(doc: dict[str, Any]) -> Changes:
+    """A trace setting request body → the core's changes: `trace_level` an array of strings,
+    the others strings; null clears a model's own value."""
+    if "trace_file" in doc:
+        raise unsupported(FILE_READONLY)
+    changes: Changes = {}
+    for key in ("trace_level", "trace_rate", "trace_count", "log_frequency"):
+        if key not in doc:
+            continue
+        v = doc[key]
+        if v is None:
+            changes[key] = None
+        elif key == "trace_level":
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                raise bad_request("'trace_level' must be an array of strings")
+            changes[key] = v
+        elif isinstance(v, str):
+            changes[key] = [v]
+        else:
+            raise bad_request(f"'{key}' must be a string, got {orjson.dumps(v).decode()}")
+    return changes
 
 
 def _counts(doc: dict[str, Any], **defaults: int | None) -> list[int]:
