@@ -398,6 +398,7 @@ def run_info(
         # the settings --compare takes from a baseline
         "input_tensor_format": args.input_tensor_format,
         "shared_memory": args.shared_memory,
+        "batch_size_arg": args.batch_size,
         "grpc_client": args.grpc_client,
         "shape": list(args.shape),
         "string_length": args.string_length,
@@ -480,7 +481,7 @@ def judge(
         if d.p99_regressed:
             what.append(f"p99 {d.p99_change * 100:+.1f}% (allowed +{d.p99_allowed * 100:.1f}%)")
         say(err, f"torchtide bench: regression at {d.step.label}: {'; '.join(what) or 'not run'}")
-    noisy = [d.step.short for d in found if not d.missing and d.tput_allowed >= compare.NOISY]
+    noisy = [d.step.short for d in found if not d.missing and d.tput_band >= compare.NOISY]
     if noisy:
         say(
             err,

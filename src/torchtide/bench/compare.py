@@ -27,7 +27,7 @@ INHERITED = {
     "model": "model",
     "model_version": "model_version",
     "protocol": "protocol",
-    "batch_size": "batch_size",
+    "batch_size_arg": "batch_size",  # as given (None: the tool decides), not as decided
     "duration_s": "duration",
     "warmup_s": "warmup",
     "input_tensor_format": "input_tensor_format",
@@ -148,6 +148,7 @@ class Delta:
     p99: float
     p99_change: float  # relative: +0.3 = p99 30% higher; nan when not comparable
     p99_allowed: float
+    tput_band: float = 0.0  # the throughput's noise band alone
     missing: bool = False  # the step did not run (the run stopped before it)
 
     @property
@@ -184,17 +185,19 @@ def deltas(
                              math.nan, math.nan, p99_threshold, missing=True))  # fmt: skip
             continue
         p99 = r.latency_ms["p99"]
+        noise = max(band(r.throughput_runs), band(b.throughput_runs))
         out.append(
             Delta(
                 b.step,
                 b.throughput,
                 r.throughput,
                 _change(r.throughput, b.throughput),
-                max(threshold, band(r.throughput_runs), band(b.throughput_runs)),
+                max(threshold, noise),
                 b.p99_ms,
                 p99,
                 _change(p99, b.p99_ms),
                 max(p99_threshold, band(r.p99_runs), band(b.p99_runs)),
+                noise,
             )
         )
     return out
