@@ -54,7 +54,7 @@ class TritonPythonModel:
         self.torch = torch
         self.embedder = MiniLMEmbedder()
         self.stats_path = os.environ.get("TORCHTIDE_PADDING_STATS", "") + "." + args["model_name"]
-        self.real = self.padded = self.calls = 0
+        self.real = self.padded = self.calls = self.rows = 0
 
     def execute(self, requests):
         if self.threads and self.torch.get_num_threads() != self.threads:
@@ -68,9 +68,13 @@ class TritonPythonModel:
         self.real += int(mask.sum())
         self.padded += int(mask.numel())
         self.calls += 1
+        self.rows += len(texts)
         emb = self.embedder.embed_tokens(tokens)
         with open(self.stats_path, "w") as f:
-            json.dump({"real": self.real, "total": self.padded, "calls": self.calls}, f)
+            json.dump(
+                {"real": self.real, "total": self.padded, "calls": self.calls, "rows": self.rows},
+                f,
+            )
         return [
             pb_utils.InferenceResponse([pb_utils.Tensor("EMBEDDING", emb[i : i + 1])])
             for i in range(len(requests))
@@ -85,7 +89,7 @@ output [{{ name: "EMBEDDING" data_type: TYPE_FP32 dims: [384] }}]
 dynamic_batching {{ {batching} max_queue_delay_microseconds: 1000 }}
 instance_group [{{ count: 1 kind: KIND_CPU }}]
 parameters [
-  {{ key: "NUM_THREADS" value {{ string_value: "2" }} }}{extra}
+  {{ key: "NUM_THREADS" value {{ string_value: "{threads}" }} }}{extra}
 ]
 """
 
@@ -99,7 +103,7 @@ VARIANTS = {
 }
 
 
-def write_repo(repo: Path) -> None:
+def write_repo(repo: Path, threads: int) -> None:
     for name, (batching, extra) in VARIANTS.items():
         (repo / name / "1").mkdir(parents=True)
         (repo / name / "1" / "model.py").write_text(MODEL_PY)
@@ -130,12 +134,27 @@ def serve(repo: Path, stats: Path, http: int, grpc: int) -> subprocess.Popen[byt
     raise RuntimeError("server did not become ready in 300 s")
 
 
-def padding(stats: Path, name: str) -> tuple[int, int]:
+def padding(stats: Path, name: str) -> tuple[int, int, int]:
+    """(real tokens, encoded tokens, sentences) the model has seen so far."""
     p = Path(f"{stats}.{name}")
     if not p.exists():
-        return 0, 0
+        return 0, 0, 0
     d = json.loads(p.read_text())
-    return int(d["real"]), int(d["total"])
+    return int(d["real"]), int(d["total"]), int(d["rows"])
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def limit_rate(model: InProcess, config: tuple[int, int], seconds: float) -> tuple[float, float]:
+    """The limit's configuration once more: (inferences/s, CPU ms per inference)."""
+    c0, w0 = time.process_time(), time.perf_counter()
+    rate = model.rate(config, seconds)
+    cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+    return rate, cpu * 1e3 / (rate * wall)
 
 
 def limit_padding(texts: list[str], batch: int, samples: int = 400) -> float:
@@ -161,6 +180,9 @@ def main() -> None:
     p.add_argument("--protocols", default="http,grpc")
     p.add_argument("--variants", default="padded,padded_pref8,by_length")
     p.add_argument("--limit-seconds", type=float, default=3.0)
+    p.add_argument(
+        "--threads", type=int, default=2, help="torch threads, in-process and in the server"
+    )
     p.add_argument("--out", type=Path, default=ROOT / "bench-results" / "length_batching.json")
     args = p.parse_args()
     protocols = [x.strip() for x in args.protocols.split(",")]
@@ -168,14 +190,18 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="tt-lenbatch-"))
     repo, stats = work / "repo", work / "padding"
-    write_repo(repo)
+    write_repo(repo, args.threads)
     pool = sentences()
     text = work / "sentences.txt"
     text.write_text("\n".join(pool) + "\n")
     print("[lenbatch] in-process naive padded limit ...", file=sys.stderr, flush=True)
+    import torch
+
+    torch.set_num_threads(args.threads)
     model = InProcess("minilm", [1, 2, 4, 8, 16, 32])
     limit = model.limit(args.limit_seconds)
     bracket_s = min(3 * args.limit_seconds, args.seconds)
+    limit_cpu = [limit_rate(model, limit.config, bracket_s)[1]]
     ports = {"http": free_port(), "grpc": free_port()}
     server = serve(repo, stats, ports["http"], ports["grpc"])
     rows: list[dict[str, Any]] = []
@@ -185,13 +211,18 @@ def main() -> None:
                 for name in variants:
                     tag = f"[lenbatch] round {rnd + 1} {name} {proto} ..."
                     print(tag, file=sys.stderr, flush=True)
-                    r0, t0 = padding(stats, name)
+                    r0, t0, n0 = padding(stats, name)
+                    c0 = cpu_s(server.pid)
                     step = bench(name, ports[proto], proto, args.concurrency, args.seconds,
                                  args.warmup, text)  # fmt: skip
-                    r1, t1 = padding(stats, name)
-                    before = limit.brackets[-1]
-                    limit.brackets.append(model.rate(limit.config, bracket_s))
-                    around = (before + limit.brackets[-1]) / 2
+                    c1 = cpu_s(server.pid)
+                    r1, t1, n1 = padding(stats, name)
+                    before, cpu_before = limit.brackets[-1], limit_cpu[-1]
+                    rate, cpu = limit_rate(model, limit.config, bracket_s)
+                    limit.brackets.append(rate)
+                    limit_cpu.append(cpu)
+                    around = (before + rate) / 2
+                    served_cpu = (c1 - c0) * 1e3 / (n1 - n0) if n1 > n0 else float("nan")
                     rows.append({
                         "round": rnd + 1, "variant": name, "protocol": proto,
                         "throughput": step["throughput"], "p50_ms": step["p50_ms"],
@@ -201,6 +232,10 @@ def main() -> None:
                         # includes the warm-up's executions: the share is a property of the
                         # scheduling, not of the window
                         "padding": 1 - (r1 - r0) / (t1 - t0) if t1 > t0 else float("nan"),
+                        # CPU per inference: steadier than wall time on a shared machine
+                        "server_cpu_ms": served_cpu,
+                        "limit_cpu_ms": (cpu_before + cpu) / 2,
+                        "cpu_of_limit": (cpu_before + cpu) / 2 / served_cpu,
                     })  # fmt: skip
     finally:
         server.terminate()
@@ -209,8 +244,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
-            {"limit": limit.label, "limit_rate": limit.brackets, "limit_padding": lim_pad,
-             "rows": rows}, indent=2,
+            {"limit": limit.label, "limit_rate": limit.brackets, "limit_cpu_ms": limit_cpu,
+             "limit_padding": lim_pad, "rows": rows}, indent=2,
         )
     )  # fmt: skip
     report(rows, limit.label, statistics.median(limit.brackets), lim_pad, args)
@@ -221,21 +256,32 @@ def report(
 ) -> None:
     med = statistics.median
     print(
-        f"\nW3, naive padded Python model, concurrency {args.concurrency}, {args.seconds:g} s per "
+        f"\nW3, naive padded Python model, {args.threads} torch thread(s), concurrency "
+        f"{args.concurrency}, {args.seconds:g} s per "
         f"step, {args.rounds} round(s), configs interleaved. In-process naive limit: {label}, "
-        f"{rate:,.1f}/s (median of its measurements), padding {lim_pad:.0%}.\n"
+        f"{rate:,.1f}/s (median of its measurements), padding {lim_pad:.0%}. `CPU of limit`: "
+        "the limit's CPU time per inference over the server's, the steadier reading when "
+        "the machine is shared.\n"
     )
     print("| config | protocol | infer/s | of limit (median) | of limit (rounds) | padding "
-          "| mean batch | p50 ms | p99 ms | errors |")  # fmt: skip
-    print("|---|---|---:|---:|---|---:|---:|---:|---:|---:|")
+          "| server CPU ms/inf | CPU of limit (rounds) | mean batch | p50 ms | p99 ms "
+          "| errors |")  # fmt: skip
+    print("|---|---|---:|---:|---|---:|---:|---|---:|---:|---:|---:|")
     for proto in dict.fromkeys(r["protocol"] for r in rows):
         for name in dict.fromkeys(r["variant"] for r in rows):
-            rs = [r for r in rows if r["variant"] == name and r["protocol"] == proto]
+            rs = [
+                {k: float("nan") if v is None else v for k, v in r.items()}
+                for r in rows
+                if r["variant"] == name and r["protocol"] == proto
+            ]
             fr = sorted(r["of_limit"] for r in rs)
+            cr = sorted(r["cpu_of_limit"] for r in rs)
             print(
                 f"| {name} | {proto} | {med(r['throughput'] for r in rs):,.1f} "
                 f"| {med(fr):.2f} | {fr[0]:.2f}-{fr[-1]:.2f} "
                 f"| {med(r['padding'] for r in rs):.0%} "
+                f"| {med(r['server_cpu_ms'] for r in rs):.1f} "
+                f"| {med(cr):.2f} ({cr[0]:.2f}-{cr[-1]:.2f}) "
                 f"| {med(r['server_batch_size'] or 0 for r in rs):.1f} "
                 f"| {med(r['p50_ms'] for r in rs):.0f} | {med(r['p99_ms'] for r in rs):.0f} "
                 f"| {sum(r['errors'] for r in rs)} |"
