@@ -107,7 +107,9 @@ def write_repo(repo: Path, threads: int) -> None:
     for name, (batching, extra) in VARIANTS.items():
         (repo / name / "1").mkdir(parents=True)
         (repo / name / "1" / "model.py").write_text(MODEL_PY)
-        (repo / name / "config.pbtxt").write_text(CONFIG.format(batching=batching, extra=extra))
+        (repo / name / "config.pbtxt").write_text(
+            CONFIG.format(batching=batching, extra=extra, threads=threads)
+        )
 
 
 def serve(repo: Path, stats: Path, http: int, grpc: int) -> subprocess.Popen[bytes]:
