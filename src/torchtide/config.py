@@ -17,7 +17,7 @@ from typing import Any
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from torchtide import dtypes
+from torchtide import dtypes, lengthbatch
 
 ModelConfig = Any  # mc.ModelConfig; protobuf messages are untyped for mypy
 
@@ -311,6 +311,9 @@ def validate(
                     fail(f"{where} label_filename", f"file '{p}' not found")
     if cfg.HasField("dynamic_batching"):
         _validate_batching(cfg, fail)
+    why = lengthbatch.problem(cfg)
+    if why is not None:
+        fail(f"parameters '{lengthbatch.PARAM}'", why)
     for group in cfg.instance_group:
         where = f"instance_group '{group.name}'"
         if group.count < 0:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from torchtide import lengthbatch
 from torchtide.backends.base import Result, Timing, Work
 from torchtide.config import EXECUTE_TIMEOUT_PARAM
 from torchtide.errors import ServerError, Status, unavailable
@@ -44,6 +45,7 @@ class Pending:
     deadline_ns: int = 0  # 0 = no queue timeout
     state: State = State.QUEUED
     timing: Timing | None = None  # its batch's, once dispatched (traces read it)
+    length: int = 0  # BATCH_BY_LENGTH: the length of the named input
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +78,7 @@ class BatchPolicy:
     default_level: int = 0  # 0-based
     policies: tuple[QueuePolicy, ...] = (QueuePolicy(),)
     execute_timeout_s: float = 0.0  # 0 = wait forever; else a hung execute() is cut loose
+    by_length: lengthbatch.LengthOf | None = None  # BATCH_BY_LENGTH: batches of similar length
 
     @classmethod
     def of(cls, cfg: Any) -> BatchPolicy:
@@ -104,6 +107,7 @@ class BatchPolicy:
             default_level=max(0, int(db.default_priority_level) - 1),
             policies=policies,
             execute_timeout_s=timeout,
+            by_length=lengthbatch.LengthOf.of(cfg),
         )
 
 
@@ -158,6 +162,8 @@ class Scheduler:
             raise unavailable(f"[request id: {rid}] Exceeds maximum queue size")
         fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         p = Pending(work, fut, key, now, level)
+        if self.policy.by_length is not None:
+            p.length = self.policy.by_length(work.inputs)
         timeout_us = self._timeout_us(policy, work.parameters)
         if timeout_us:
             p.deadline_ns = now + timeout_us * 1000
@@ -277,6 +283,8 @@ class Scheduler:
                 if q:
                     return [q[0]], "idle", None
             return [], "", None
+        if pol.by_length is not None:
+            return self._form_by_length(now)
         chosen: list[Pending] = []
         rows = 0
         closed = False
@@ -309,6 +317,35 @@ class Scheduler:
         if closed:  # a request of another shape closes the pending batch at once
             return chosen, "full", None
         return [], "", ready_at
+
+    def _form_by_length(self, now: int) -> tuple[list[Pending], str, int | None]:
+        """BATCH_BY_LENGTH: the oldest request and the queued requests that can share its batch
+        (its queue, its shape key; the oldest WINDOW of them), grouped by length."""
+        q = next((q for q in (*self.queues, self.delayed) if q), None)
+        if q is None:
+            return [], "", None
+        head = q[0]  # not cancelled: _form dropped cancelled heads
+        cands: list[Pending] = []
+        for p in q:
+            if not p.work.cancelled and p.key == head.key:
+                cands.append(p)
+                if len(cands) == lengthbatch.WINDOW:
+                    break
+        pol = self.policy
+        ready_at = head.enqueue_ns + pol.delay_ns
+        got = lengthbatch.choose(
+            [p.length for p in cands],
+            [p.work.rows for p in cands],
+            pol.max_batch_size,
+            pol.preferred,
+            now >= ready_at,
+        )
+        if got is None:
+            return [], "", ready_at
+        picked, reason = got
+        if reason == "delay" and not pol.delay_ns:
+            reason = "idle"
+        return [cands[i] for i in picked], reason, None
 
     def _balance(self, batch: list[Pending]) -> list[list[Pending]]:
         """Beyond Triton: when a batch would take everything queued while several instances

@@ -18,9 +18,10 @@ from torchtide.bench.runner import Mode, Runner, Step, StepResult
 from torchtide.bench.transport import Transport, TransportError, Unreachable
 
 if TYPE_CHECKING:
+    from torchtide.bench.compare import Baseline
     from torchtide.bench.shm import SharedMemory
 
-EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_REGRESSION = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report a SIGINT
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001}
 
@@ -72,9 +73,10 @@ def parser() -> argparse.ArgumentParser:
         "time split (statistics extension) and this tool's own CPU cost per request.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="Exit status: 0 success, 1 a step had errors or the server was lost during a "
-        "step, 2 usage error or unreachable server, 130 interrupted (Ctrl-C).",
+        "step, 2 usage error or unreachable server, 3 --compare found a regression, 130 "
+        "interrupted (Ctrl-C).",
     )
-    p.add_argument("model", help="model name")
+    p.add_argument("model", nargs="?", help="model name (with --compare: the baseline's)")
     p.add_argument("-u", "--url", help="HOST:PORT (default localhost:8000 http, :8001 grpc)")
     p.add_argument("-i", "--protocol", choices=["http", "grpc"], default="http")
     p.add_argument("-x", "--model-version", default="", help="model version ('' = server's)")
@@ -179,7 +181,47 @@ def parser() -> argparse.ArgumentParser:
         "--plot", type=Path, metavar="FILE", help="plot p50/p90/p99 latency vs throughput (PNG)"
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no live progress display")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run the sweep N times; each step reports its median and the runs' spread "
+        "(default 1, 3 with --compare)",
+    )
+    p.add_argument(
+        "--compare",
+        type=Path,
+        metavar="BASELINE.json",
+        help="re-run the steps of a saved --json run (and its settings, unless given here); "
+        "exit 3 when a step's throughput or p99 regressed beyond the threshold and the noise band",
+    )
+    p.add_argument(
+        "--threshold",
+        type=_positive,
+        default=10.0,
+        metavar="PCT",
+        help="--compare: largest throughput fall accepted, in percent",
+    )
+    p.add_argument(
+        "--p99-threshold",
+        type=_positive,
+        default=25.0,
+        metavar="PCT",
+        help="--compare: largest p99 latency rise accepted, in percent",
+    )
     return p
+
+
+def given_options(argv: list[str]) -> set[str]:
+    """The destinations the command line sets explicitly (not by default)."""
+    p = parser()
+    for action in p._actions:
+        action.default = argparse.SUPPRESS
+    try:
+        return set(vars(p.parse_args(argv)))
+    except SystemExit:  # pragma: no cover - the first parse already accepted argv
+        return set()
 
 
 def parse_url(url: str | None, protocol: str) -> tuple[str, int]:
@@ -223,6 +265,10 @@ def steps_of(args: argparse.Namespace) -> list[Step]:
 
 
 def check_args(args: argparse.Namespace) -> None:
+    if not args.model:
+        raise UsageError("the model name is required (or --compare BASELINE.json)")
+    if args.repeat < 1:
+        raise UsageError(f"--repeat must be at least 1, got {args.repeat}")
     if args.protocol == "grpc" and args.input_tensor_format == "json":
         raise UsageError("JSON tensors are an HTTP format; gRPC always sends raw tensors")
     for f in (args.input_data, args.text_file):
@@ -297,7 +343,7 @@ async def run_steps(
         seed=args.seed,
         batch_size=batch_size,
     )
-    results: list[StepResult] = []
+    runs: dict[Step, list[StepResult]] = {}
     live = None
     if not args.quiet:
         from torchtide.bench.report import LiveProgress
@@ -306,22 +352,26 @@ async def run_steps(
         runner.on_tick = live.tick
         live.__enter__()
     label = ""
+    failure = None
     try:
-        for step in steps_of(args):
-            label = step.label
-            result = await runner.run_step(step)
-            results.append(result)
-            if live is not None:
-                live.finish(step, result)
+        for k in range(args.repeat):
+            if live is not None and args.repeat > 1:
+                live.next_round(f"{k + 1}/{args.repeat}")
+            for step in steps_of(args):
+                label = step.label
+                result = await runner.run_step(step)
+                runs.setdefault(step, []).append(result)
+                if live is not None:
+                    live.finish(step, result)
     except Unreachable as e:
-        return results, f"lost the server during {label}: {e}"
+        failure = f"lost the server during {label}: {e}"
     except (OSError, TransportError) as e:
-        return results, f"{type(e).__name__}: {e}"
+        failure = f"{type(e).__name__}: {e}"
     finally:
         if live is not None:
             live.__exit__()
         await runner.close()
-    return results, None
+    return [StepResult.median_of(rs) for rs in runs.values()], failure
 
 
 def run_info(
@@ -344,10 +394,29 @@ def run_info(
         "warmup_s": args.warmup,
         "duration_s": args.duration,
         "loop": loop_name,
+        "repeat": args.repeat,
+        # the settings --compare takes from a baseline
+        "input_tensor_format": args.input_tensor_format,
+        "shared_memory": args.shared_memory,
+        "batch_size_arg": args.batch_size,
+        "grpc_client": args.grpc_client,
+        "shape": list(args.shape),
+        "string_length": args.string_length,
+        "seed": args.seed,
+        "inputs": {
+            "input_data": None if args.input_data is None else str(args.input_data.resolve()),
+            "text_file": None if args.text_file is None else str(args.text_file.resolve()),
+        },
     }
 
 
-async def run(args: argparse.Namespace, out: Console, err: Console, loop_name: str) -> int:
+async def run(
+    args: argparse.Namespace,
+    out: Console,
+    err: Console,
+    loop_name: str,
+    baseline: Baseline | None = None,
+) -> int:
     host, port = parse_url(args.url, args.protocol)
     transport = make_transport(args, host, port)
     shm = None
@@ -379,10 +448,63 @@ async def run(args: argparse.Namespace, out: Console, err: Console, loop_name: s
             rep.write_json(args.json, results, info_doc)
         if args.plot is not None:
             rep.plot(args.plot, results, info_doc)
+    regressed = False
+    if baseline is not None:
+        regressed = judge(args, out, err, baseline, results)
     if failure is not None:
         say(err, f"torchtide bench: the run stopped: {failure}")
         return EXIT_ERRORS
-    return EXIT_ERRORS if any(r.errors for r in results) else EXIT_OK
+    if any(r.errors for r in results):
+        return EXIT_ERRORS
+    return EXIT_REGRESSION if regressed else EXIT_OK
+
+
+def judge(
+    args: argparse.Namespace,
+    out: Console,
+    err: Console,
+    baseline: Baseline,
+    results: list[StepResult],
+) -> bool:
+    """The delta table against the baseline; True when a step regressed."""
+    from torchtide.bench import compare
+
+    found = compare.deltas(baseline, results, args.threshold / 100, args.p99_threshold / 100)
+    compare.render(out, baseline, found, args.repeat)
+    bad = [d for d in found if d.regressed]
+    for d in bad:
+        what = []
+        if d.tput_regressed:
+            what.append(
+                f"throughput {d.tput_change * 100:+.1f}% (allowed -{d.tput_allowed * 100:.1f}%)"
+            )
+        if d.p99_regressed:
+            what.append(f"p99 {d.p99_change * 100:+.1f}% (allowed +{d.p99_allowed * 100:.1f}%)")
+        say(err, f"torchtide bench: regression at {d.step.label}: {'; '.join(what) or 'not run'}")
+    noisy = [d.step.short for d in found if not d.missing and d.tput_band >= compare.NOISY]
+    if noisy:
+        say(
+            err,
+            f"torchtide bench: warning: the runs of {', '.join(noisy)} spread by "
+            f"{compare.NOISY * 100:.0f}% or more: too noisy to see a throughput regression "
+            "(a quieter machine, longer --duration or more --repeat)",
+        )
+    if not bad:
+        say(out, "torchtide bench: no regression against the baseline")
+    return bool(bad)
+
+
+def take_baseline(args: argparse.Namespace, given: set[str], err: Console) -> Baseline:
+    from torchtide.bench import compare
+
+    try:
+        baseline = compare.load(args.compare)
+        differ = compare.apply(baseline, args, given)
+    except compare.BaselineError as e:
+        raise UsageError(str(e)) from None
+    if differ:
+        say(err, "torchtide bench: not as in the baseline: " + ", ".join(differ))
+    return baseline
 
 
 def cmd_bench(argv: list[str]) -> int:
@@ -394,7 +516,12 @@ def cmd_bench(argv: list[str]) -> int:
     out, err = Console(), Console(stderr=True)
     if not out.is_terminal:  # files and pipes get the whole table, not 80 columns
         out = Console(width=160)
+    baseline = None
     try:
+        if args.compare is not None:
+            baseline = take_baseline(args, given_options(argv), err)
+        if args.repeat is None:
+            args.repeat = 3 if baseline is not None else 1
         check_args(args)
         parse_url(args.url, args.protocol)
     except UsageError as e:
@@ -404,9 +531,9 @@ def cmd_bench(argv: list[str]) -> int:
     try:
         import uvloop
 
-        return uvloop.run(run(args, out, err, "uvloop"))
+        return uvloop.run(run(args, out, err, "uvloop", baseline))
     except ImportError:
-        return asyncio.run(run(args, out, err, "asyncio"))
+        return asyncio.run(run(args, out, err, "asyncio", baseline))
     except Unreachable as e:  # pragma: no cover - build_sets reports these itself
         say(err, f"torchtide bench: {e}")
         return EXIT_USAGE

@@ -22,7 +22,7 @@ class LiveProgress:
     def __init__(self, console: Console, warmup_s: float, duration_s: float) -> None:
         self.warmup_s, self.duration_s = warmup_s, duration_s
         self.progress = Progress(
-            TextColumn("[bold]{task.description:<18}"),
+            TextColumn("[bold]{task.description:<24}"),
             TextColumn("{task.fields[phase]:<9}"),
             BarColumn(bar_width=24),
             TimeElapsedColumn(),
@@ -33,6 +33,11 @@ class LiveProgress:
             transient=False,
         )
         self._tasks: dict[Step, Any] = {}
+        self._round = ""
+
+    def next_round(self, label: str) -> None:
+        """--repeat: the next sweep gets lines of its own."""
+        self._round, self._tasks = label, {}
 
     def __enter__(self) -> LiveProgress:
         self.progress.__enter__()
@@ -44,8 +49,9 @@ class LiveProgress:
     def tick(self, step: Step, phase: Phase, elapsed: float, total: int, rate: float) -> None:
         task = self._tasks.get(step)
         if task is None:
+            desc = f"{step.label} ({self._round})" if self._round else step.label
             task = self._tasks[step] = self.progress.add_task(
-                step.label, total=self.warmup_s + self.duration_s, phase="", requests=0, rate=""
+                desc, total=self.warmup_s + self.duration_s, phase="", requests=0, rate=""
             )
         done = elapsed if phase is Phase.WARMUP else self.warmup_s + elapsed
         if phase is Phase.DRAIN:
@@ -79,13 +85,18 @@ def _us(v: float | None) -> str:
 
 
 def render(console: Console, results: list[StepResult], info: dict[str, Any]) -> None:
+    repeat = int(info.get("repeat", 1))
     title = (
         f"{info['model']} over {info['protocol']} at {info['url']}, batch size "
         f"{info['batch_size']}, {info['duration_s']:g} s per step"
     )
+    if repeat > 1:
+        title += f", median of {repeat} runs"
     table = Table(title=title, title_justify="left")
     table.add_column("step")
     table.add_column("infer/s", justify="right")
+    if repeat > 1:
+        table.add_column("infer/s\nrange", justify="right")
     offered = any(r.offered_rate is not None for r in results)
     if offered:
         table.add_column("offered\nreq/s", justify="right")
@@ -100,6 +111,8 @@ def render(console: Console, results: list[StepResult], info: dict[str, Any]) ->
         table.add_column("server\nbatch", justify="right")
     for r in results:
         row = [r.step.short, f"{r.throughput:,.1f}"]
+        if repeat > 1:
+            row.append(f"{min(r.throughput_runs):,.1f}-{max(r.throughput_runs):,.1f}")
         if offered:
             row.append("-" if r.offered_rate is None else f"{r.offered_rate:,.1f}")
         row += [_ms(r.latency_ms[p]) for p in ("p50", "p90", "p95", "p99")]
@@ -144,7 +157,17 @@ def write_csv(path: Path, results: list[StepResult]) -> None:
 
 
 def write_json(path: Path, results: list[StepResult], info: dict[str, Any]) -> None:
-    doc = {**info, "steps": [r.row() | {"error_messages": r.error_messages} for r in results]}
+    doc = {
+        **info,
+        "steps": [
+            r.row()
+            | {
+                "error_messages": r.error_messages,
+                "runs": {"throughput": list(r.throughput_runs), "p99_ms": list(r.p99_runs)},
+            }
+            for r in results
+        ],
+    }
     path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
 
 

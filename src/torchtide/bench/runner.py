@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,6 +64,36 @@ class StepResult:
     offered_rate: float | None = None  # open loop: requests issued per second
     server: ServerSplit | None = None
     batch_size: int = 1
+    throughput_runs: tuple[float, ...] = ()  # --repeat: each run's figure
+    p99_runs: tuple[float, ...] = ()
+
+    @classmethod
+    def median_of(cls, runs: list[StepResult]) -> StepResult:
+        """One step run several times: median throughput and latencies, errors summed; the
+        server split and CPU figures of the run with the median throughput."""
+        if len(runs) == 1:
+            r = runs[0]
+            return dataclasses.replace(
+                r, throughput_runs=(r.throughput,), p99_runs=(r.latency_ms["p99"],)
+            )
+        ranked = sorted(runs, key=lambda r: r.throughput)
+        mid = ranked[(len(ranked) - 1) // 2]
+        messages: dict[str, int] = {}
+        for r in runs:
+            for m, n in r.error_messages.items():
+                messages[m] = messages.get(m, 0) + n
+        return dataclasses.replace(
+            mid,
+            requests=sum(r.requests for r in runs),
+            errors=sum(r.errors for r in runs),
+            error_messages=messages,
+            throughput=statistics.median(r.throughput for r in runs),
+            latency_ms={
+                k: statistics.median(r.latency_ms[k] for r in runs) for k in mid.latency_ms
+            },
+            throughput_runs=tuple(r.throughput for r in runs),
+            p99_runs=tuple(r.latency_ms["p99"] for r in runs),
+        )
 
     def row(self) -> dict[str, Any]:
         """A flat record for CSV and JSON."""
