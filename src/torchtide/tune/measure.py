@@ -1,0 +1,59 @@
+"""Measuring one config with the bench's load, in-process: a closed-loop concurrency sweep of
+short steps, each repeated and reduced to its median, stopped early once more concurrency
+cannot help."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torchtide.bench.runner import Mode, Runner, Step, StepResult
+from torchtide.tune.objective import Constraints, Measure, Objective, sweep_done
+
+SWEEP_GAIN = 0.05  # a concurrency step must add 5% throughput for the sweep to go on
+
+OnStep = Callable[[Measure], None]
+
+
+def measure_of(r: StepResult) -> Measure:
+    return Measure(
+        concurrency=int(r.step.value),
+        throughput=r.throughput,
+        latency_ms=dict(r.latency_ms),
+        errors=r.errors,
+        requests=r.requests,
+        server_batch=None if r.server is None else r.server.batch_size,
+    )
+
+
+@dataclass
+class Measurer:
+    runner: Runner
+    concurrency: list[int]  # ascending
+    repeats: int
+    objective: Objective
+    constraints: Constraints
+    on_step: OnStep | None = None
+    sweep_gain: float = SWEEP_GAIN
+
+    async def at(self, concurrency: int, repeats: int | None = None) -> Measure:
+        """One concurrency step, `repeats` times, reduced to the median."""
+        step = Step(Mode.CONCURRENCY, concurrency)
+        reps = []
+        for _ in range(repeats or self.repeats):
+            r = measure_of(await self.runner.run_step(step))
+            reps.append(r)
+            if r.errors or r.requests == 0:
+                break  # a failing config is not worth repeating
+        m = Measure.median(concurrency, reps)
+        if self.on_step is not None:
+            self.on_step(m)
+        return m
+
+    async def sweep(self) -> list[Measure]:
+        steps: list[Measure] = []
+        for c in self.concurrency:
+            steps.append(await self.at(c))
+            if sweep_done(steps, self.objective, self.constraints, self.sweep_gain):
+                break
+        return steps
