@@ -12,6 +12,7 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rich.console import Console
 
 from tests.conftest import start_app
 from tests.models import write_model
@@ -428,3 +429,99 @@ def test_dry_run_help_and_usage_errors(tmp_path: Path, capsys: pytest.CaptureFix
     assert cmd_tune([str(model_dir), "-u", "127.0.0.1:9", "--no-plot"]) == 2
     assert "cannot reach" in capsys.readouterr().err
     assert cmd_tune([str(model_dir), "--instances", "0"]) == 2
+
+
+# ------------------------------------------------------------------ finalists (fakes, no server)
+
+
+class FakeApplier:
+    mode = "explicit"
+
+    def __init__(self) -> None:
+        self.loads: list[Point] = []
+
+    async def apply(self, point: Point) -> None:
+        self.loads.append(point)
+
+    async def restore(self, final: Point | None, header: list[str]) -> None:
+        pass
+
+
+class FakeMeasurer:
+    """Throughput per point from a table: the first measurement, then the re-measurements."""
+
+    def __init__(self, applier: FakeApplier, first: dict[Point, float], again: dict[Point, float]) -> None:
+        self.applier, self.first, self.again = applier, first, again
+
+    async def sweep(self) -> list[Measure]:
+        return [m(4, self.first[self.applier.loads[-1]], 10)]
+
+    async def at(self, concurrency: int, repeats: int | None = None) -> Measure:
+        return m(concurrency, self.again[self.applier.loads[-1]], 10)
+
+
+async def test_finalists_re_measure_close_configs_and_crown_the_median() -> None:
+    from torchtide.tune.report import Display
+    from torchtide.tune.search import SearchResult
+    from torchtide.tune.tuner import Tuner
+
+    a, b, c = Point(1, 1), Point(2, 1), Point(1, 2)
+    applier = FakeApplier()
+    # b looked best by a hair in the search; re-measured, a is clearly better; c is far behind
+    measurer = FakeMeasurer(applier, {a: 100, b: 101, c: 50}, {a: 110, b: 90, c: 50})
+    display = Display(Console(quiet=True), quiet=True)
+    tuner = Tuner(applier, measurer, Objective.THROUGHPUT, Constraints(), display)  # type: ignore[arg-type]
+    result = SearchResult()
+    for p in (a, b, c):
+        result.scores[p] = await tuner.evaluate(p)
+        result.tried.append(p)
+    assert result.best == b
+    winner = await tuner.finalists(result, count=3, rounds=2, margin=0.1)
+    assert winner is not None and winner.point == a
+    assert len(tuner.trials[a].recheck) == len(tuner.trials[b].recheck) == 2
+    assert tuner.trials[c].recheck == []  # not within 10%: not a finalist
+    # in turn, B A then A B; what is loaded already is not loaded again
+    assert applier.loads == [a, b, c, b, a, b]
+    # a clear winner is not re-measured
+    tuner2 = Tuner(applier, FakeMeasurer(applier, {a: 200, b: 100}, {}), Objective.THROUGHPUT, Constraints(), display)  # type: ignore[arg-type]
+    r2 = SearchResult()
+    for p in (a, b):
+        r2.scores[p] = await tuner2.evaluate(p)
+        r2.tried.append(p)
+    assert (await tuner2.finalists(r2, count=2, rounds=1, margin=0.1)).point == a  # type: ignore[union-attr]
+    assert tuner2.trials[a].recheck == []
+
+
+def test_ctrl_c_puts_the_original_config_back(tmp_path: Path) -> None:
+    """SIGINT after the first config was measured: exit 130, the server serves its original
+    config again, and the report says the run was interrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    model_dir = write_sleepy(tmp_path / "repo")
+    app = start_app(tmp_path / "repo", grpc=False, control_mode="explicit", startup_models=["*"])
+    try:
+        url = f"127.0.0.1:{app.app.port('http')}"
+        argv = [sys.executable, "-m", "torchtide.cli", "tune", str(model_dir), "-u", url]
+        argv += ["--strategy", "brute", "--instances", "1,2", "--threads", "1"]
+        argv += ["--max-batch-sizes", "1,2,4,8", "--concurrency", "8", "--duration", "1"]
+        argv += ["--warmup", "0.2", "--no-plot", "--report-dir", str(tmp_path / "report")]
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "src")}
+        proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
+        assert proc.stderr is not None
+        for raw in proc.stderr:  # the first config's line: it was loaded and measured
+            if raw.startswith(b"[1/"):
+                break
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(120)
+        proc.stderr.close()
+        assert rc == 130
+        served = app.call(_served_config(app))
+        assert served.max_batch_size == 1 and served.instance_group[0].count == 1
+        doc = orjson.loads((tmp_path / "report" / "tune-report.json").read_bytes())
+        assert doc["interrupted"] and doc["configs_tried"] < doc["points_in_space"]
+        assert not (model_dir / "config.tuned.pbtxt").exists()
+    finally:
+        app.stop()

@@ -111,10 +111,17 @@ def parser() -> argparse.ArgumentParser:
         "--finalists",
         type=_count,
         default=2,
-        help="re-measure the best N configs in turn before crowning one (0: off)",
+        help="re-measure the best N configs in turn before crowning one (0 or 1: off)",
     )
     search.add_argument(
         "--finalist-rounds", type=_count, default=1, help="re-measurements of each finalist"
+    )
+    search.add_argument(
+        "--finalist-margin",
+        type=float,
+        default=0.1,
+        help="only configs within this fraction of the best are finalists (a clear winner is "
+        "not re-measured)",
     )
     space = p.add_argument_group("space (defaults sized for --cores)")
     space.add_argument("--instances", type=_ints(1), metavar="N[,N...]", help="instance counts")

@@ -207,7 +207,9 @@ async def search(
             plan.strategy, plan.space, plan.start, args.passes, args.min_gain
         )
         out.search_s = time.monotonic() - t0
-        out.winner = await tuner.finalists(out.result, args.finalists, args.finalist_rounds)
+        out.winner = await tuner.finalists(
+            out.result, args.finalists, args.finalist_rounds, args.finalist_margin
+        )
         out.finalists_s = time.monotonic() - t0 - out.search_s
     except asyncio.CancelledError:  # Ctrl-C: put the original back, then report
         out.interrupted = True

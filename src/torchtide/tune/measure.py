@@ -11,6 +11,8 @@ from torchtide.bench.runner import Mode, Runner, Step, StepResult
 from torchtide.tune.objective import Constraints, Measure, Objective, sweep_done
 
 SWEEP_GAIN = 0.05  # a concurrency step must add 5% throughput for the sweep to go on
+MIN_REQUESTS = 10  # a step that completes fewer is run again, twice as long ...
+MAX_STRETCH = 8  # ... up to this many times --duration (a slow model, a loaded machine)
 
 OnStep = Callable[[Measure], None]
 
@@ -41,7 +43,7 @@ class Measurer:
         step = Step(Mode.CONCURRENCY, concurrency)
         reps = []
         for _ in range(repeats or self.repeats):
-            r = measure_of(await self.runner.run_step(step))
+            r = await self._long_enough(step)
             reps.append(r)
             if r.errors or r.requests == 0:
                 break  # a failing config is not worth repeating
@@ -49,6 +51,21 @@ class Measurer:
         if self.on_step is not None:
             self.on_step(m)
         return m
+
+    async def _long_enough(self, step: Step) -> Measure:
+        """One step with at least MIN_REQUESTS completions when the duration allows it: a
+        percentile of three requests says nothing."""
+        base = self.runner.duration_s
+        try:
+            while True:
+                r = measure_of(await self.runner.run_step(step))
+                if r.requests >= MIN_REQUESTS or r.errors:
+                    return r
+                if self.runner.duration_s * 2 > base * MAX_STRETCH:
+                    return r
+                self.runner.duration_s *= 2
+        finally:
+            self.runner.duration_s = base
 
     async def sweep(self) -> list[Measure]:
         steps: list[Measure] = []

@@ -62,13 +62,18 @@ class Tuner:
             return await brute_force(space, self.evaluate)
         return await hill_climb(space, start, self.evaluate, passes=passes, min_gain=min_gain)
 
-    async def finalists(self, result: SearchResult, count: int, rounds: int) -> Trial | None:
-        """Re-measure the best `count` configs at their best concurrency, `rounds` times in
-        turn (A B A B ...), and crown the best median. Returns the winner's trial."""
-        top = [self.trials[p] for p in result.ranked() if result.scores[p].feasible]
-        top = top[: max(count, 1)]
-        if not top:
+    async def finalists(
+        self, result: SearchResult, count: int, rounds: int, margin: float
+    ) -> Trial | None:
+        """Re-measure the best `count` configs whose score is within `margin` of the best, at
+        their best concurrency, `rounds` times in turn (A B B A ...), and crown the best
+        median; a clear winner is not re-measured. Returns the winner's trial."""
+        ranked = [self.trials[p] for p in result.ranked() if result.scores[p].feasible]
+        if not ranked:
             return None
+        lead = ranked[0].score
+        assert lead is not None
+        top = [t for t in ranked[: max(count, 1)] if t.score and _close(t.score, lead, margin)]
         if len(top) > 1 and rounds > 0:
             if self.loaded in [t.point for t in top]:  # start with what is loaded: one load less
                 top.sort(key=lambda t: t.point != self.loaded)
@@ -97,6 +102,13 @@ class Tuner:
             f"[re-measure] {t.point.label:<24} {m.throughput:>9,.1f} infer/s at "
             f"c={m.concurrency}, {p} {m.latency(p):,.1f} ms"
         )
+
+
+def _close(s: Score, lead: Score, margin: float) -> bool:
+    """Within `margin` (relative) of the leading score, so noise could have swapped them."""
+    if s.objective is Objective.THROUGHPUT:
+        return s.value >= lead.value * (1 - margin)
+    return s.value <= lead.value * (1 + margin)
 
 
 def _failed(concurrency: int) -> Measure:
