@@ -35,7 +35,11 @@ class TritonPythonModel:
     """Costs FIXED_MS per execution whatever its batch, plus PER_ITEM_MS per row."""
 
     def initialize(self, args):
-        params = json.loads(args["model_config"]).get("parameters", {})
+        config = json.loads(args["model_config"])
+        params = config.get("parameters", {})
+        refused = params.get("REFUSE_MAX_BATCH", {}).get("string_value", "")
+        if refused and int(refused) == config["max_batch_size"]:
+            raise ValueError(f"refusing max_batch_size {refused}")
         self.fixed = float(params.get("FIXED_MS", {}).get("string_value", "20")) / 1000
         self.per_item = float(params.get("PER_ITEM_MS", {}).get("string_value", "0")) / 1000
 
@@ -46,7 +50,9 @@ class TritonPythonModel:
 '''
 
 
-def sleepy_config(fixed_ms: int = 20, per_item_ms: int = 0, max_batch: int = 1) -> str:
+def sleepy_config(
+    fixed_ms: int = 20, per_item_ms: int = 0, max_batch: int = 1, refuse_max_batch: int = 0
+) -> str:
     return f"""
 # a model that sleeps: its best config is known
 name: "sleepy"
@@ -57,7 +63,8 @@ output [{{ name: "Y" data_type: TYPE_FP32 dims: [1] }}]
 instance_group [{{ count: 1 kind: KIND_CPU }}]
 parameters [
   {{ key: "FIXED_MS" value {{ string_value: "{fixed_ms}" }} }},
-  {{ key: "PER_ITEM_MS" value {{ string_value: "{per_item_ms}" }} }}
+  {{ key: "PER_ITEM_MS" value {{ string_value: "{per_item_ms}" }} }},
+  {{ key: "REFUSE_MAX_BATCH" value {{ string_value: "{refuse_max_batch}" }} }}
 ]
 """
 
@@ -398,6 +405,24 @@ def test_latency_budget_filters_configs(tmp_path: Path) -> None:
             assert doc["best"]["best"]["p99_ms"] <= 100
         else:
             assert doc["best"] is None
+    finally:
+        app.stop()
+
+
+def test_a_config_that_fails_to_load_is_reported_and_skipped(tmp_path: Path) -> None:
+    model_dir = write_sleepy(tmp_path / "repo", refuse_max_batch=4)
+    app = start_app(tmp_path / "repo", grpc=False, control_mode="explicit", startup_models=["*"])
+    try:
+        url = f"127.0.0.1:{app.app.port('http')}"
+        args = ["--strategy", "brute", "--instances", "1", "--threads", "1"]
+        args += ["--max-batch-sizes", "1,4,8", "--max-queue-delays", "0", "--concurrency", "8"]
+        rc, doc = run_tune(model_dir, url, tmp_path, *args)
+        assert rc == 0 and doc["best"]["label"] == "1x1 mb8 pref- d0"
+        failed = [t for t in doc["trials"] if t["error"]]
+        assert [t["label"] for t in failed] == ["1x1 mb4 pref- d0"]
+        assert "refusing max_batch_size 4" in failed[0]["error"]
+        served = app.call(_served_config(app))
+        assert served.max_batch_size == 1  # restored
     finally:
         app.stop()
 

@@ -173,7 +173,8 @@ def write_markdown(
         f"{_constraints(doc['constraints'])}",
         f"- space: {_space(doc['space'])} ({doc['points_in_space']} points), start "
         f"{doc['start']['label']}",
-        f"- load: concurrency {doc['concurrency']}, {doc['warmup_s']:g} s warm-up + "
+        f"- load: concurrency {', '.join(map(str, doc['concurrency']))}, "
+        f"{doc['warmup_s']:g} s warm-up + "
         f"{doc['duration_s']:g} s per step, {doc['repeats']} repeat(s); "
         f"{len(trials)} configs tried in {doc['elapsed_s']:.0f} s",
     ]
