@@ -180,6 +180,21 @@ def test_sweep_stops_when_throughput_stops_growing_or_the_budget_is_spent() -> N
     assert sweep_done([m(1, 50, 10)], Objective.LATENCY, c, 0.05)
 
 
+def test_throughput_counts_the_span_requests_could_finish_in() -> None:
+    """The bench counts requests that start and end inside the window: with a 0.5 s mean
+    latency in a 2 s window only the first 1.5 s of starts can count."""
+    from torchtide.bench.runner import Mode, Step, StepResult
+    from torchtide.tune.measure import measure_of
+
+    lat = {"p50": 500.0, "p90": 500.0, "p95": 500.0, "p99": 500.0, "mean": 500.0, "max": 500.0}
+    r = StepResult(Step(Mode.CONCURRENCY, 8), 2.0, 30, 0, {}, 15.0, lat, 0.0, 0.0, batch_size=2)
+    got = measure_of(r)
+    assert got.throughput == pytest.approx(30 * 2 / 1.5) and got.concurrency == 8
+    slow = {k: 1500.0 for k in lat}  # latency near the window: left as the bench says
+    r2 = StepResult(Step(Mode.CONCURRENCY, 8), 2.0, 3, 0, {}, 1.5, slow, 0.0, 0.0)
+    assert measure_of(r2).throughput == 1.5
+
+
 # ------------------------------------------------------------------ strategies on a landscape
 
 

@@ -160,7 +160,7 @@ async def gather_plan(
         served = await control.config(model)
     except (TransportError, ValueError) as e:
         if not args.dry_run or file_cfg is None:
-            raise UsageError(str(e)) from None
+            raise TransportError(str(e)) from None
         say(err, f"torchtide tune: {e}; showing the space from {path}")
         served = file_cfg
     return make_plan(args, served, file_cfg), original
@@ -323,7 +323,7 @@ def cmd_tune(argv: list[str]) -> int:
         p.print_usage(sys.stderr)
         say(err, f"torchtide tune: error: {e}")
         return EXIT_USAGE
-    except Unreachable as e:
+    except TransportError as e:  # unreachable, or the model's config is not served
         say(err, f"torchtide tune: {e}")
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -4,6 +4,7 @@ cannot help."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -12,15 +13,25 @@ from torchtide.tune.objective import Constraints, Measure, Objective, sweep_done
 
 SWEEP_GAIN = 0.05  # a concurrency step must add 5% throughput for the sweep to go on
 MIN_REQUESTS = 10  # a step that completes fewer is run again, twice as long ...
+MAX_LATENCY_SHARE = 0.25  # ... or whose mean latency is over this share of the window ...
 MAX_STRETCH = 8  # ... up to this many times --duration (a slow model, a loaded machine)
 
 OnStep = Callable[[Measure], None]
 
 
 def measure_of(r: StepResult) -> Measure:
+    """A bench step as tune reads it. The bench counts the requests that started and ended
+    inside the window, which undercounts by about the mean latency: only those that started in
+    its first (window - latency) seconds could end in it. Short steps at high latency would
+    then favour low-latency configs, so throughput is taken over that shorter span."""
+    mean_s = r.latency_ms.get("mean", math.nan) / 1e3
+    span = r.duration_s - mean_s
+    throughput = r.throughput
+    if r.requests and not math.isnan(mean_s) and span >= r.duration_s / 2:
+        throughput = r.requests * r.batch_size / span
     return Measure(
         concurrency=int(r.step.value),
-        throughput=r.throughput,
+        throughput=throughput,
         latency_ms=dict(r.latency_ms),
         errors=r.errors,
         requests=r.requests,
@@ -53,13 +64,16 @@ class Measurer:
         return m
 
     async def _long_enough(self, step: Step) -> Measure:
-        """One step with at least MIN_REQUESTS completions when the duration allows it: a
-        percentile of three requests says nothing."""
+        """One step with at least MIN_REQUESTS completions and a window at least 4x the mean
+        latency when the duration allows it: a percentile of three requests says nothing."""
         base = self.runner.duration_s
         try:
             while True:
-                r = measure_of(await self.runner.run_step(step))
-                if r.requests >= MIN_REQUESTS or r.errors:
+                res = await self.runner.run_step(step)
+                r = measure_of(res)
+                mean_s = r.latency("mean") / 1e3
+                short = mean_s > res.duration_s * MAX_LATENCY_SHARE
+                if r.errors or (r.requests >= MIN_REQUESTS and not short):
                     return r
                 if self.runner.duration_s * 2 > base * MAX_STRETCH:
                     return r
