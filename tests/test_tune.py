@@ -565,3 +565,62 @@ def test_ctrl_c_puts_the_original_config_back(tmp_path: Path) -> None:
         assert not (model_dir / "config.tuned.pbtxt").exists()
     finally:
         app.stop()
+
+
+def test_a_server_that_refuses_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Model control mode 'none': exit 1 naming the fix, and nothing to restore."""
+    model_dir = write_sleepy(tmp_path / "repo")
+    app = start_app(tmp_path / "repo", grpc=False)
+    try:
+        url = f"127.0.0.1:{app.app.port('http')}"
+        rc, doc = run_tune(model_dir, url, tmp_path, "--instances", "1,2", "--threads", "1")
+        assert rc == 1 and doc["best"] is None and doc["configs_tried"] == 1
+        err = capsys.readouterr().err
+        assert "refuses model loads" in err and "--model-control-mode explicit" in err
+        assert "restore" not in err
+        assert not (model_dir / "config.tuned.pbtxt").exists()
+    finally:
+        app.stop()
+
+
+async def test_auto_falls_back_to_poll_when_explicit_loads_are_refused() -> None:
+    """Triton refuses explicit loads in poll mode ('... not allowed if polling is enabled')."""
+    from torchtide.tune.control import AutoApplier, ControlRefused
+
+    calls: list[str] = []
+
+    class Refusing:
+        mode = "explicit"
+
+        async def apply(self, point: Point) -> None:
+            calls.append("explicit")
+            raise ControlRefused("explicit model load / unload is not allowed if polling is enabled")
+
+    class Polling:
+        mode = "poll"
+
+        async def apply(self, point: Point) -> None:
+            calls.append("poll")
+
+        async def restore(self, final: Point | None, header: list[str]) -> None:
+            calls.append("restore")
+
+    notes: list[str] = []
+    auto = AutoApplier(Refusing(), Polling(), notes.append)  # type: ignore[arg-type]
+    await auto.apply(Point(1))
+    await auto.apply(Point(2))
+    await auto.restore(None, [])
+    assert calls == ["explicit", "poll", "poll", "restore"] and auto.mode == "poll"
+    assert len(notes) == 1 and "repository poll" in notes[0]
+    # torchtide's refusal names mode 'none': polling would never come
+
+    class RefusingNone(Refusing):
+        async def apply(self, point: Point) -> None:
+            raise ControlRefused(
+                "explicit model load / unload is not allowed when --model-control-mode is 'none'"
+            )
+
+    none = AutoApplier(RefusingNone(), Polling(), notes.append)  # type: ignore[arg-type]
+    with pytest.raises(ControlRefused):
+        await none.apply(Point(1))
+    assert none.mode == "explicit"

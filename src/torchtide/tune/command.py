@@ -217,7 +217,10 @@ async def search(
         if task is not None:
             task.uncancel()
     except ControlRefused as e:
-        out.failure = f"the server refuses model loads: {e}"
+        out.failure = (
+            f"the server refuses model loads ({e}): start it with --model-control-mode "
+            "explicit, or let tune write config.pbtxt for a polling server (--control poll)"
+        )
     except Unreachable as e:
         out.failure = f"lost the server: {e}"
     except (OSError, TransportError, ApplyError) as e:
@@ -225,7 +228,8 @@ async def search(
     if out.search_s == 0.0:
         out.search_s = time.monotonic() - t0
     final = out.winner.point if args.apply and out.winner and not out.interrupted else None
-    if out.failure is None or "lost the server" not in out.failure:
+    lost = out.failure is not None and out.failure.startswith("lost the server")
+    if tuner.touched and not lost:
         tuner.display.doing("restoring the config" if final is None else "applying the best")
         try:
             await applier.restore(final, header(out.winner))

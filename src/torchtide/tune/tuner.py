@@ -25,6 +25,7 @@ class Tuner:
     trials: dict[Point, Trial] = field(default_factory=dict)
     total: str = ""  # "/N" when the number of configs is known (brute force)
     loaded: Point | None = None  # what the server serves now
+    touched: bool = False  # whether tune changed what the server serves (then it restores)
 
     async def serve(self, point: Point) -> float:
         """Put a point in service (unless it already is); seconds it took."""
@@ -33,7 +34,14 @@ class Tuner:
         self.display.doing(f"loading {point.label}")
         t0 = time.monotonic()
         self.loaded = None  # unknown until the load answers
-        await self.applier.apply(point)
+        try:
+            await self.applier.apply(point)
+        except ControlRefused:
+            raise  # refused outright: nothing changed
+        except BaseException:
+            self.touched = True  # a failed load, a written file, Ctrl-C: restore at the end
+            raise
+        self.touched = True
         self.loaded = point
         return time.monotonic() - t0
 
