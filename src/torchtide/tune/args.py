@@ -53,6 +53,16 @@ def _count(text: str) -> int:
     return v
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown where there is one worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="torchtide tune",
@@ -63,7 +73,7 @@ def parser() -> argparse.ArgumentParser:
         "(explicit mode) or written to config.pbtxt for the server's poll; the server's "
         "original config is put back at the end. Writes config.tuned.pbtxt and "
         "config.tuned.diff beside config.pbtxt, a report and a plot.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Formatter,
         epilog="Exit status: 0 a best config was found, 1 no config met the constraints or the "
         "run failed (server lost, original config not restored), 2 usage error or unreachable "
         "server, 130 interrupted (Ctrl-C; the original config is restored first).",
@@ -168,12 +178,18 @@ def parser() -> argparse.ArgumentParser:
     load.add_argument("--warmup", type=float, default=0.5, metavar="S", help="warm-up per step")
     load.add_argument("--repeats", type=int, default=1, help="measurements per step (median)")
     load.add_argument("-b", "--batch-size", type=int, default=None, help="request batch size")
-    load.add_argument("--shape", action="append", default=[], metavar="NAME:D1,D2")
+    load.add_argument(
+        "--shape",
+        action="append",
+        default=[],
+        metavar="NAME:D1,D2",
+        help="dims of an input's -1 dims (without the batch dim); others -1 become 1",
+    )
     data = load.add_mutually_exclusive_group()
     data.add_argument("--input-data", type=Path, metavar="FILE", help="perf_analyzer JSON data")
     data.add_argument("--text-file", type=Path, metavar="FILE", help="text for BYTES inputs")
     load.add_argument("--string-length", type=int, default=16, help="length of random BYTES")
-    load.add_argument("--seed", type=int, default=0)
+    load.add_argument("--seed", type=int, default=0, help="seed for random data")
     load.add_argument(
         "--timeout",
         type=_number,
