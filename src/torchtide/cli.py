@@ -599,10 +599,17 @@ def cmd_bench(argv: list[str]) -> int:
     return run_bench(argv)
 
 
+def cmd_tune(argv: list[str]) -> int:
+    from torchtide.tune.command import cmd_tune as run_tune
+
+    return run_tune(argv)
+
+
 COMMANDS = {
     "serve": ("serve model repositories over HTTP and gRPC", cmd_serve),
     "check": ("validate model repositories without serving them", cmd_check),
     "bench": ("load-test a KServe V2 server (HTTP or gRPC), like perf_analyzer", cmd_bench),
+    "tune": ("search a model's instances, threads and batching on a live server", cmd_tune),
 }
 
 
