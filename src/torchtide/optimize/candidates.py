@@ -121,8 +121,12 @@ _BACKEND_PARAMS = {
         "INFERENCE_PRECISION_HINT",
     },
 }
-_THREAD_KEYS = ("NUM_THREADS", "INTRA_OP_THREAD_COUNT", "intra_op_thread_count",
-                "INFERENCE_NUM_THREADS")
+_THREAD_KEYS = (
+    "NUM_THREADS",
+    "INTRA_OP_THREAD_COUNT",
+    "intra_op_thread_count",
+    "INFERENCE_NUM_THREADS",
+)
 
 
 def derive_config(
@@ -144,8 +148,9 @@ def derive_config(
     cfg.platform = platform
     cfg.default_model_filename = filename
     if old != backend:
-        threads = next((cfg.parameters[k].string_value for k in _THREAD_KEYS
-                        if k in cfg.parameters), "")
+        threads = next(
+            (cfg.parameters[k].string_value for k in _THREAD_KEYS if k in cfg.parameters), ""
+        )
         for key in list(cfg.parameters):
             if key in _BACKEND_PARAMS.get(old, set()) or key in _THREAD_KEYS:
                 del cfg.parameters[key]
@@ -197,8 +202,10 @@ def _check_aoti(src: Source) -> str | None:
 
     named = [t.name for t in src.config.input if _index_of(t.name) is None]
     if named:
-        return (f"an AOTInductor package binds inputs by position only, but the config names "
-                f"input '{named[0]}' (use INPUT__<i>)")
+        return (
+            f"an AOTInductor package binds inputs by position only, but the config names "
+            f"input '{named[0]}' (use INPUT__<i>)"
+        )
     if shutil.which("g++") is None and shutil.which("c++") is None:
         return "AOTInductor needs a C++ compiler (g++) on PATH"
     return None
@@ -236,8 +243,10 @@ def _check_openvino_int8(src: Source) -> str | None:
 
 def _check_bf16(src: Source) -> str | None:
     if not cpu_has_bf16():
-        return ("this CPU has no native bf16 (neither avx512_bf16 nor amx_bf16): bf16 would be "
-                "emulated, slower than fp32")
+        return (
+            "this CPU has no native bf16 (neither avx512_bf16 nor amx_bf16): bf16 would be "
+            "emulated, slower than fp32"
+        )
     return None
 
 
@@ -270,7 +279,8 @@ def build_aoti(ctx: BuildContext, model_dir: Path) -> list[str]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch._inductor.aoti_compile_and_package(  # type: ignore[attr-defined]
-            ep, package_path=str(model_dir / "1" / "model.pt2"),
+            ep,
+            package_path=str(model_dir / "1" / "model.pt2"),
             inductor_configs={"freezing": True},
         )
     write_config(derive_config(src, "pytorch", "torch_aoti", "model.pt2"), model_dir)
@@ -286,9 +296,7 @@ def export_onnx(src: Source, example: Any, path: Path, step: Step) -> str:
     args = src.torch_args(example)
     outs = output_order(src)
     dyn = src.dynamic_dims()
-    axes: dict[str, dict[int, str]] = {
-        n: {i: f"{n}_d{i}" for i in dyn[n]} for n in src.arg_order
-    }
+    axes: dict[str, dict[int, str]] = {n: {i: f"{n}_d{i}" for i in dyn[n]} for n in src.arg_order}
     if src.batched:
         axes.update({n: {0: "batch"} for n in outs})
     errors = []
@@ -299,12 +307,20 @@ def export_onnx(src: Source, example: Any, path: Path, step: Step) -> str:
                 warnings.simplefilter("ignore")
                 kwargs: dict[str, Any] = {"dynamic_axes": axes}
                 if dynamo:
-                    kwargs = {"dynamic_shapes": tuple(
-                        {i: torch.export.Dim.AUTO for i in dyn[n]} for n in src.arg_order
-                    )}
+                    kwargs = {
+                        "dynamic_shapes": tuple(
+                            {i: torch.export.Dim.AUTO for i in dyn[n]} for n in src.arg_order
+                        )
+                    }
                 torch.onnx.export(
-                    module, args, str(path), input_names=src.arg_order, output_names=outs,
-                    dynamo=dynamo, opset_version=18 if dynamo else 17, **kwargs,
+                    module,
+                    args,
+                    str(path),
+                    input_names=src.arg_order,
+                    output_names=outs,
+                    dynamo=dynamo,
+                    opset_version=18 if dynamo else 17,
+                    **kwargs,
                 )
             return "dynamo" if dynamo else "torchscript"
         except Exception as e:
@@ -315,8 +331,9 @@ def export_onnx(src: Source, example: Any, path: Path, step: Step) -> str:
 def build_onnx(ctx: BuildContext, model_dir: Path) -> list[str]:
     path = model_dir / "1" / "model.onnx"
     exporter = export_onnx(ctx.source, _example(ctx), path, ctx.step)
-    write_config(derive_config(ctx.source, "onnxruntime", "onnxruntime_onnx", "model.onnx"),
-                 model_dir)
+    write_config(
+        derive_config(ctx.source, "onnxruntime", "onnxruntime_onnx", "model.onnx"), model_dir
+    )
     return [f"ONNX ({exporter} exporter); ONNX Runtime graph optimisation ORT_ENABLE_ALL at load"]
 
 
@@ -329,26 +346,26 @@ def convert_openvino(ctx: BuildContext) -> tuple[Any, str]:
     if src.kind == "openvino":
         return ov.Core().read_model(str(src.model_file)), "the served IR"
     errors = []
-    if src.module is not None or src.kind in ("torchscript", "export"):
+    # TorchScript converts with dynamic element types: it goes through ONNX (which records
+    # them); nn.Modules and torch.export programs convert directly.
+    if src.module is not None or src.kind == "export":
         ctx.step("OpenVINO conversion from the PyTorch model")
         try:
-            import torch
-
-            module = src.torch_module()
-            if src.kind == "torchscript" and src.module is None:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    module = torch.jit.freeze(module.eval())  # type: ignore[no-untyped-call]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                model = ov.convert_model(module, example_input=src.torch_args(_example(ctx)))
+                model = ov.convert_model(
+                    src.torch_module(), example_input=src.torch_args(_example(ctx))
+                )
             return _name_ports(model, src), "PyTorch"
         except Exception as e:
             errors.append(_short(e))
     ctx.step("OpenVINO conversion from ONNX")
     try:
-        onnx_file = (src.model_file if src.kind == "onnx"
-                     else ctx.need("onnx").model_dir / "1" / "model.onnx")
+        onnx_file = (
+            src.model_file
+            if src.kind == "onnx"
+            else ctx.need("onnx").model_dir / "1" / "model.onnx"
+        )
         return _name_ports(ov.convert_model(str(onnx_file)), src), "ONNX"
     except Exception as e:
         errors.append(_short(e))
@@ -375,8 +392,13 @@ def build_openvino(ctx: BuildContext, model_dir: Path) -> list[str]:
 def build_eager_bf16(ctx: BuildContext, model_dir: Path) -> list[str]:
     src = ctx.source
     shutil.copy2(src.model_file, model_dir / "1" / src.model_file.name)
-    cfg = derive_config(src, "pytorch", str(src.raw_config.platform), src.model_file.name,
-                        {"INFERENCE_PRECISION": "bf16"})
+    cfg = derive_config(
+        src,
+        "pytorch",
+        str(src.raw_config.platform),
+        src.model_file.name,
+        {"INFERENCE_PRECISION": "bf16"},
+    )
     write_config(cfg, model_dir)
     return ["the served model under torch.autocast(bfloat16)"]
 
@@ -385,8 +407,12 @@ def build_openvino_bf16(ctx: BuildContext, model_dir: Path) -> list[str]:
     fp32 = ctx.need("openvino").model_dir / "1"
     for f in ("model.xml", "model.bin"):
         shutil.copy2(fp32 / f, model_dir / "1" / f)
-    write_config(derive_config(ctx.source, "openvino", "", "model.xml",
-                               {"INFERENCE_PRECISION_HINT": "bf16"}), model_dir)
+    write_config(
+        derive_config(
+            ctx.source, "openvino", "", "model.xml", {"INFERENCE_PRECISION_HINT": "bf16"}
+        ),
+        model_dir,
+    )
     return ["OpenVINO IR f32 run with the bf16 inference precision hint"]
 
 
@@ -413,24 +439,52 @@ def _eager_build(ctx: BuildContext, model_dir: Path) -> list[str]:
 CANDIDATES: dict[str, Candidate] = {
     c.name: c
     for c in (
-        Candidate("eager", Tier.LOSSLESS, "the served version, fp32 (baseline)",
-                  _eager_check, _eager_build),
-        Candidate("aoti", Tier.LOSSLESS,
-                  "torch.export + AOTInductor package, freezing (torch_aoti)",
-                  _check_aoti, build_aoti),
-        Candidate("onnx", Tier.LOSSLESS, "ONNX export + ONNX Runtime fp32",
-                  _check_onnx, build_onnx),
-        Candidate("openvino", Tier.LOSSLESS, "OpenVINO IR f32", _check_openvino,
-                  build_openvino),
-        Candidate("eager-bf16", Tier.BF16, "served model under bf16 autocast",
-                  _check_eager_bf16, build_eager_bf16),
-        Candidate("openvino-bf16", Tier.BF16, "OpenVINO with the bf16 precision hint",
-                  _check_openvino_bf16, build_openvino_bf16),
-        Candidate("onnx-int8", Tier.INT8,
-                  "ONNX Runtime int8 (static QDQ for convolutions, dynamic per-channel else)",
-                  _check_onnx_int8, _build_onnx_int8),
-        Candidate("openvino-int8", Tier.INT8, "OpenVINO int8 (NNCF post-training, calibrated)",
-                  _check_openvino_int8, _build_openvino_int8),
+        Candidate(
+            "eager",
+            Tier.LOSSLESS,
+            "the served version, fp32 (baseline)",
+            _eager_check,
+            _eager_build,
+        ),
+        Candidate(
+            "aoti",
+            Tier.LOSSLESS,
+            "torch.export + AOTInductor package, freezing (torch_aoti)",
+            _check_aoti,
+            build_aoti,
+        ),
+        Candidate(
+            "onnx", Tier.LOSSLESS, "ONNX export + ONNX Runtime fp32", _check_onnx, build_onnx
+        ),
+        Candidate("openvino", Tier.LOSSLESS, "OpenVINO IR f32", _check_openvino, build_openvino),
+        Candidate(
+            "eager-bf16",
+            Tier.BF16,
+            "served model under bf16 autocast",
+            _check_eager_bf16,
+            build_eager_bf16,
+        ),
+        Candidate(
+            "openvino-bf16",
+            Tier.BF16,
+            "OpenVINO with the bf16 precision hint",
+            _check_openvino_bf16,
+            build_openvino_bf16,
+        ),
+        Candidate(
+            "onnx-int8",
+            Tier.INT8,
+            "ONNX Runtime int8 (static QDQ for convolutions, dynamic per-channel else)",
+            _check_onnx_int8,
+            _build_onnx_int8,
+        ),
+        Candidate(
+            "openvino-int8",
+            Tier.INT8,
+            "OpenVINO int8 (NNCF post-training, calibrated)",
+            _check_openvino_int8,
+            _build_openvino_int8,
+        ),
     )
 }
 

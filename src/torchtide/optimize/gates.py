@@ -137,7 +137,9 @@ def judge(
         bad = next((i for i, (a, b) in enumerate(shapes) if a != b), None)
         if bad is not None:
             a, b = shapes[bad]
-            failures.append(f"output '{name}' has shape {list(b)} for sample {bad}, expected {list(a)}")
+            failures.append(
+                f"output '{name}' has shape {list(b)} for sample {bad}, expected {list(a)}"
+            )
             continue
         r = _rows(name, [x[name] for x in ref])
         g = _rows(name, [x[name] for x in got])

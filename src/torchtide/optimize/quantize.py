@@ -4,7 +4,10 @@ at 0.3x eager, research note section 3) and OpenVINO through NNCF post-training 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,19 @@ def _op_types(path: Path) -> set[str]:
     return {n.op_type for n in model.graph.node}
 
 
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """onnxruntime.quantization logs through the root logger ("Please consider to run
+    pre-processing ..."): keep its chatter off the terminal."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 class _Reader:
     """onnxruntime's CalibrationDataReader over the samples (one row each)."""
 
@@ -60,7 +76,7 @@ def quantize_onnx(ctx: BuildContext, model_dir: Path) -> list[str]:
     out = model_dir / "1" / "model.onnx"
     ops = _op_types(src)
     vnni = bool(_cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_root_logger():
         warnings.simplefilter("ignore")
         if "Conv" in ops:
             ctx.step(f"ONNX Runtime static int8 calibration on {len(ctx.samples.items)} samples")
@@ -68,8 +84,13 @@ def quantize_onnx(ctx: BuildContext, model_dir: Path) -> list[str]:
                 ctx.samples.items[:CALIBRATION_MAX]
             )
             quantize_static(
-                str(src), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                str(src),
+                str(out),
+                reader,
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
                 reduce_range=not vnni,
             )
             how = "static QDQ, per-channel weights, calibrated"
@@ -78,13 +99,18 @@ def quantize_onnx(ctx: BuildContext, model_dir: Path) -> list[str]:
 
             ctx.step("ONNX Runtime dynamic int8 (per-channel weights)")
             quantize_dynamic(
-                str(src), str(out), per_channel=True, weight_type=QuantType.QInt8,
-                op_types_to_quantize=["MatMul", "Gemm"], reduce_range=not vnni,
+                str(src),
+                str(out),
+                per_channel=True,
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=["MatMul", "Gemm"],
+                reduce_range=not vnni,
                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
             )
             how = "dynamic, per-channel MatMul/Gemm weights"
-    write_config(derive_config(ctx.source, "onnxruntime", "onnxruntime_onnx", "model.onnx"),
-                 model_dir)
+    write_config(
+        derive_config(ctx.source, "onnxruntime", "onnxruntime_onnx", "model.onnx"), model_dir
+    )
     note = "" if vnni else " (no VNNI on this CPU: reduce_range, slower int8 kernels)"
     return [f"ONNX Runtime int8, {how}{note}"]
 

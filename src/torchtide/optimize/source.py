@@ -225,7 +225,8 @@ def _forward_args(src: Source) -> list[str] | None:
         return [
             p.name
             for p in params
-            if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+            if p.kind
+            in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
         ]
     if src.kind == "torchscript":
         m = src.torch_module()
@@ -240,4 +241,3 @@ def _forward_args(src: Source) -> list[str] | None:
     if src.kind == "aoti":
         return [f"ARGS[{i}]" for i in range(len(src.config.input))]
     return None
-

@@ -52,8 +52,9 @@ def _busy_seconds() -> float:
 
 def _own_seconds(proc: psutil.Process) -> float:
     t = proc.cpu_times()
-    return float(t.user + t.system + getattr(t, "children_user", 0.0)
-                 + getattr(t, "children_system", 0.0))
+    return float(
+        t.user + t.system + getattr(t, "children_user", 0.0) + getattr(t, "children_system", 0.0)
+    )
 
 
 def block(call: Call, rows: int, opts: TimingOptions, proc: psutil.Process) -> tuple[float, float]:

@@ -39,8 +39,10 @@ def version_policy_note(cfg: ModelConfig, new: int) -> str:
     if vp.HasField("all"):
         cfg.ClearField("version_policy")
         cfg.version_policy.latest.num_versions = 1
-        return ("version_policy all became latest 1: versions of another format cannot be "
-                "served by one config")
+        return (
+            "version_policy all became latest 1: versions of another format cannot be "
+            "served by one config"
+        )
     n = vp.latest.num_versions if vp.HasField("latest") else 1
     return f"version_policy latest {n}: version {new} is the newest, so it serves"
 
