@@ -77,6 +77,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--block-seconds", type=float, default=1.0, help="seconds per timing block")
     p.add_argument("--max-rounds", type=int, default=8, help="timing rounds at most")
+    p.add_argument(
+        "--select",
+        metavar="VARIANT",
+        help="write this variant if it passes its accuracy gate, whatever its speed",
+    )
     p.add_argument("--dry-run", action="store_true", help="report only; write no version")
     p.add_argument("--report-dir", type=Path, help="where reports go (default: MODEL/optimize)")
     p.add_argument(
@@ -165,6 +170,7 @@ def cmd_optimize(argv: list[str]) -> int:
             num_generated=args.num_samples,
             objective=args.objective,
             min_gain=args.min_gain,
+            select=args.select,
             batch_sizes=_ints(args.batch_sizes),
             timing=TimingOptions(block_s=args.block_seconds, max_rounds=args.max_rounds),
             dry_run=args.dry_run,

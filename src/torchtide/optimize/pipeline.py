@@ -79,6 +79,7 @@ class OptimizeOptions:
     num_generated: int = samplesmod.DEFAULT_GENERATED
     objective: str = "throughput"  # throughput (largest batch) | latency (batch 1)
     min_gain: float = 1.05  # a variant must be this much faster than the baseline
+    select: str | None = None  # choose this variant if it passes its gate, whatever its speed
     batch_sizes: Sequence[int] | None = None
     timing: TimingOptions = field(default_factory=TimingOptions)
     dry_run: bool = False
@@ -151,6 +152,8 @@ def optimize(
     unknown = [n for n in names if n not in catalog]
     if unknown:
         raise ValueError(f"unknown candidate '{unknown[0]}' (known: {', '.join(catalog)})")
+    if opts.select and opts.select not in names:
+        raise ValueError(f"--select {opts.select}: not among the candidates tried")
     if "eager" not in names:
         names.insert(0, "eager")
     own_work = opts.work_dir is None
@@ -379,7 +382,15 @@ def _batch_check(
 
 def _select(result: OptimizeResult, opts: OptimizeOptions) -> None:
     best: Variant | None = None
-    for v in result.variants:
+    if opts.select:
+        chosen = next((v for v in result.variants if v.name == opts.select), None)
+        if chosen is not None and chosen.status is Status.PASSED and chosen.name != "eager":
+            best = chosen
+        elif chosen is not None and chosen.name != "eager":
+            result.warnings.append(
+                f"--select {opts.select}: not chosen, it {chosen.status.value}: {chosen.reason}"
+            )
+    for v in result.variants if best is None and not opts.select else []:
         if v.name == "eager" or v.status is not Status.PASSED:
             continue
         r = v.ratio(opts.objective)
@@ -398,12 +409,19 @@ def _select(result: OptimizeResult, opts: OptimizeOptions) -> None:
             v.reason = "passed, slower than the winner" if best else "passed"
     if best is not None:
         best.status = Status.SELECTED
-        best.reason = f"fastest by {opts.objective} among the variants that passed"
+        best.reason = (
+            "chosen with --select; passed its gate"
+            if opts.select
+            else f"fastest by {opts.objective} among the variants that passed"
+        )
         result.winner = best.name
     else:
         eager = next(v for v in result.variants if v.name == "eager")
-        eager.status = Status.SELECTED
-        eager.reason = "no variant was clearly faster and passed its gate: nothing to write"
+        if eager.status is Status.PASSED:
+            eager.status = Status.SELECTED
+            eager.reason = "no variant was clearly faster and passed its gate: nothing to write"
+        else:
+            result.warnings.append(f"the served version itself failed its checks: {eager.reason}")
 
 
 def _publish(src: Source, opts: OptimizeOptions, result: OptimizeResult) -> None:
