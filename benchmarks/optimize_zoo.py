@@ -148,6 +148,7 @@ def main() -> int:
             precision=args.precision,
             candidates=[c for c in args.candidates.split(",") if c] or None,
             timing=TimingOptions(block_s=args.block_seconds, max_rounds=args.max_rounds),
+            time_failed=True,
         )
         result = {"w2": w2, "w3": w3}[w](args.out, opts, args.samples)
         _console().print(_table(result))

@@ -292,11 +292,14 @@ def test_user_gate_can_fail_a_variant(tmp_path: Path) -> None:
         select="onnx",
         timing=FAST,
         user_gate=lambda ref, got: "task metric below 0.9",
+        time_failed=True,
     )
     result = optimize(d, opts)
-    assert by_name(result)["onnx"].status is Status.FAILED
-    assert "user gate: task metric below 0.9" in by_name(result)["onnx"].reason
-    assert result.new_version is None
+    v = by_name(result)["onnx"]
+    assert v.status is Status.FAILED
+    assert "user gate: task metric below 0.9" in v.reason
+    assert [s.batch for s in v.speed] == [1, 8], "timed for the report (time_failed)"
+    assert result.new_version is None and result.winner == "eager"
 
 
 def test_lossy_tiers_refuse_random_data(tmp_path: Path) -> None:

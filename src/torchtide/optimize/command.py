@@ -82,6 +82,11 @@ def parser() -> argparse.ArgumentParser:
         metavar="VARIANT",
         help="write this variant if it passes its accuracy gate, whatever its speed",
     )
+    p.add_argument(
+        "--time-failed",
+        action="store_true",
+        help="also time variants that fail their accuracy gate (for the report; never chosen)",
+    )
     p.add_argument("--dry-run", action="store_true", help="report only; write no version")
     p.add_argument("--report-dir", type=Path, help="where reports go (default: MODEL/optimize)")
     p.add_argument(
@@ -174,6 +179,7 @@ def cmd_optimize(argv: list[str]) -> int:
             batch_sizes=_ints(args.batch_sizes),
             timing=TimingOptions(block_s=args.block_seconds, max_rounds=args.max_rounds),
             dry_run=args.dry_run,
+            time_failed=args.time_failed,
             report_dir=args.report_dir,
         )
     except argparse.ArgumentTypeError as e:

@@ -83,6 +83,7 @@ class OptimizeOptions:
     batch_sizes: Sequence[int] | None = None
     timing: TimingOptions = field(default_factory=TimingOptions)
     dry_run: bool = False
+    time_failed: bool = False  # also time variants that failed their accuracy gate (never chosen)
     report_dir: Path | None = None  # default <model>/optimize/
     work_dir: Path | None = None  # default a temporary folder, removed afterwards
     user_gate: UserGate | None = None  # (baseline outputs, variant outputs) -> failure or None
@@ -339,9 +340,11 @@ def _gate_and_time(
     ]
     if failures:
         v.status, v.reason = Status.FAILED, "; ".join(failures[:3])
-        return
-    v.status = Status.PASSED
-    if cand.tier is not Tier.LOSSLESS and not samples.real:
+        if not opts.time_failed:
+            return
+    else:
+        v.status = Status.PASSED
+    if v.status is Status.PASSED and cand.tier is not Tier.LOSSLESS and not samples.real:
         v.status = Status.REFUSED
         v.reason = f"{cand.tier.value} is never selected on random samples (give --samples)"
     for b in batch_sizes:
@@ -357,6 +360,7 @@ def _gate_and_time(
                 )
             )
         except Exception as e:
+            v.speed.clear()
             v.status, v.reason = Status.FAILED, f"timing run failed: {_short(e)}"
             return
 
