@@ -125,7 +125,9 @@ def quantize_openvino(ctx: BuildContext, model_dir: Path) -> list[str]:
         fp32 = ctx.need("openvino").model_dir / "1" / "model.xml"
         model = ov.Core().read_model(str(fp32))
     ops = {op.get_type_name() for op in model.get_ops()}
-    transformer = "Softmax" in ops and "Convolution" not in ops
+    # NNCF's transformer type keeps attention and normalisation in float; BERT from PyTorch
+    # has ScaledDotProductAttention, not Softmax, so anything without convolutions gets it.
+    transformer = not any(op.startswith(("Convolution", "GroupConvolution")) for op in ops)
     items = ctx.samples.items[:CALIBRATION_MAX]
     ctx.step(f"NNCF int8 calibration on {len(items)} samples")
     kwargs: dict[str, Any] = {"subset_size": len(items)}
@@ -137,5 +139,5 @@ def quantize_openvino(ctx: BuildContext, model_dir: Path) -> list[str]:
         quantized = nncf.quantize(model, nncf.Dataset(items), **kwargs)
     ov.save_model(quantized, str(model_dir / "1" / "model.xml"), compress_to_fp16=False)
     write_config(derive_config(ctx.source, "openvino", "", "model.xml"), model_dir)
-    kind = "transformer preset (mixed)" if transformer else "default preset"
+    kind = "transformer model type, mixed preset" if transformer else "default preset"
     return [f"OpenVINO int8 via NNCF {nncf.__version__}, {kind}, {len(items)} samples"]
