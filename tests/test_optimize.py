@@ -183,6 +183,31 @@ def test_cli_writes_a_new_version_that_a_real_server_serves(tmp_path: Path) -> N
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
 
 
+async def test_a_polling_server_picks_the_new_version_up(tmp_path: Path) -> None:
+    """Seed 001's hot update: a server in poll mode serves the optimized version after its
+    next poll, without a restart."""
+    import asyncio
+
+    from torchtide.server import InferenceServer, ServerOptions
+
+    d = write_torchscript(tmp_path, "mlp", mlp(), MLP_CONFIG)
+    s = InferenceServer(ServerOptions([tmp_path], control_mode="poll", poll_secs=3600))
+    await s.start()
+    try:
+        x = np.random.default_rng(5).standard_normal((2, 16)).astype(np.float32)
+        before = (await s.infer_numpy("mlp", {"INPUT__0": x}))["OUTPUT__0"]
+        opts = OptimizeOptions(candidates=["onnx"], select="onnx", timing=FAST)
+        result = await asyncio.to_thread(optimize, d, opts)
+        assert result.new_version == 2
+        await s.poll_once()
+        assert s.model_metadata("mlp")["versions"] == ["2"]
+        assert s.model_config("mlp").platform == "onnxruntime_onnx"
+        after = (await s.infer_numpy("mlp", {"INPUT__0": x}))["OUTPUT__0"]
+        np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
+    finally:
+        await s.stop()
+
+
 def test_openvino_variant_of_a_cnn_is_served(tmp_path: Path) -> None:
     d = write_torchscript(tmp_path, "cnn", cnn(), CNN_CONFIG)
     opts = OptimizeOptions(candidates=["openvino"], select="openvino", timing=FAST)
