@@ -368,6 +368,17 @@ def test_int8_variants_of_a_cnn(tmp_path: Path) -> None:
         assert v[name].status is not Status.SKIPPED
 
 
+def test_latency_budget_excludes_slow_variants(tmp_path: Path) -> None:
+    d = write_torchscript(tmp_path, "mlp", mlp(), MLP_CONFIG)
+    opts = OptimizeOptions(
+        candidates=["onnx"], timing=FAST, min_gain=0.0, latency_budget_ms=1e-9, dry_run=True
+    )
+    result = optimize(d, opts)
+    v = by_name(result)["onnx"]
+    assert v.status is Status.PASSED and "over the 1e-09 ms budget" in v.reason
+    assert result.winner == "eager"
+
+
 def test_precision_tier_limits_the_variants(tmp_path: Path) -> None:
     d = write_torchscript(tmp_path, "mlp", mlp(), MLP_CONFIG)
     result = optimize(d, OptimizeOptions(candidates=["onnx-int8"], timing=FAST))

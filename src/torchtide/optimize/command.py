@@ -67,6 +67,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=32, help="random samples when none given")
     p.add_argument("--objective", choices=["throughput", "latency"], default="throughput")
     p.add_argument(
+        "--latency-budget-ms",
+        type=float,
+        help="a winner's call at the largest timed batch must take at most this (q10 latency)",
+    )
+    p.add_argument(
         "--min-gain", type=float, default=1.05, help="speed-up a variant needs to be chosen"
     )
     p.add_argument(
@@ -176,6 +181,7 @@ def cmd_optimize(argv: list[str]) -> int:
             objective=args.objective,
             min_gain=args.min_gain,
             select=args.select,
+            latency_budget_ms=args.latency_budget_ms,
             batch_sizes=_ints(args.batch_sizes),
             timing=TimingOptions(block_s=args.block_seconds, max_rounds=args.max_rounds),
             dry_run=args.dry_run,

@@ -81,6 +81,7 @@ class OptimizeOptions:
     objective: str = "throughput"  # throughput (largest batch) | latency (batch 1)
     min_gain: float = 1.05  # a variant must be this much faster than the baseline
     select: str | None = None  # choose this variant if it passes its gate, whatever its speed
+    latency_budget_ms: float | None = None  # largest-batch call latency a winner may take
     batch_sizes: Sequence[int] | None = None
     timing: TimingOptions = field(default_factory=TimingOptions)
     dry_run: bool = False
@@ -397,18 +398,13 @@ def _select(result: OptimizeResult, opts: OptimizeOptions) -> None:
                 f"--select {opts.select}: not chosen, it {chosen.status.value}: {chosen.reason}"
             )
     for v in result.variants if best is None and not opts.select else []:
-        if v.name == "eager" or v.status is not Status.PASSED:
+        if v.name == "eager" or v.status is not Status.PASSED or not v.speed:
             continue
-        r = v.ratio(opts.objective)
-        s = v.speed[0] if opts.objective == "latency" else v.speed[-1]
-        if r is None or r < opts.min_gain or s.spread[0] <= 1.0:
-            if r is not None:
-                v.reason = (
-                    f"{r:.2f}x (spread {s.spread[0]:.2f}-{s.spread[1]:.2f}) is not "
-                    f"clearly faster (needs >= {opts.min_gain:.2f}x, spread above 1)"
-                )
+        why = _not_eligible(v, opts)
+        if why:
+            v.reason = why
             continue
-        if best is None or r > (best.ratio(opts.objective) or 0):
+        if best is None or (v.ratio(opts.objective) or 0) > (best.ratio(opts.objective) or 0):
             best = v
     for v in result.variants:
         if v.status is Status.PASSED and v is not best and not v.reason:
@@ -428,6 +424,25 @@ def _select(result: OptimizeResult, opts: OptimizeOptions) -> None:
             eager.reason = "no variant was clearly faster and passed its gate: nothing to write"
         else:
             result.warnings.append(f"the served version itself failed its checks: {eager.reason}")
+
+
+def _not_eligible(v: Variant, opts: OptimizeOptions) -> str:
+    """Why a variant that passed its gate cannot win (over the latency budget, or not clearly
+    faster than the served version), or ''."""
+    big = v.speed[-1]
+    latency_ms = 1000.0 * big.batch / max(big.items_s, 1e-9)
+    if opts.latency_budget_ms is not None and latency_ms > opts.latency_budget_ms:
+        return (
+            f"batch {big.batch} takes {latency_ms:.1f} ms, over the "
+            f"{opts.latency_budget_ms:g} ms budget"
+        )
+    s = v.speed[0] if opts.objective == "latency" else big
+    if s.ratio < opts.min_gain or s.spread[0] <= 1.0:
+        return (
+            f"{s.ratio:.2f}x (spread {s.spread[0]:.2f}-{s.spread[1]:.2f}) is not clearly "
+            f"faster (needs >= {opts.min_gain:.2f}x, spread above 1)"
+        )
+    return ""
 
 
 def _publish(src: Source, opts: OptimizeOptions, result: OptimizeResult) -> None:
