@@ -441,6 +441,18 @@ def test_samples_from_a_bench_data_file_are_real(tmp_path: Path) -> None:
     assert result.samples_real and result.sample_count == 5 and not result.warnings
 
 
+def test_samples_from_model_warmup_data_files_are_real(tmp_path: Path) -> None:
+    warm = """model_warmup [{ name: "w" batch_size: 2 inputs { key: "INPUT__0" value {
+  data_type: TYPE_FP32 dims: [16] input_data_file: "x.bin" } } }]
+"""
+    d = write_torchscript(tmp_path, "mlp", mlp(), MLP_CONFIG + warm)
+    (d / "warmup").mkdir()
+    (d / "warmup" / "x.bin").write_bytes(np.arange(16, dtype=np.float32).tobytes())
+    result = optimize(d, OptimizeOptions(candidates=["onnx"], timing=FAST, dry_run=True))
+    assert result.samples_real and result.samples_origin == "model_warmup"
+    assert result.sample_count == 2 and by_name(result)["onnx"].status is not Status.FAILED
+
+
 def test_cli_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
         cli.main(["optimize", "--help"])
