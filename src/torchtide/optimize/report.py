@@ -86,7 +86,7 @@ def _acc(v: Variant) -> str:
         return "-"
     parts = []
     for o in v.accuracy.outputs:
-        s = f"cos {o.cos_mean:.5f}/{o.cos_min:.5f} max|d| {o.max_abs:.1e}"
+        s = f"cos {o.cos_mean:.5f}/{o.cos_min:.5f}, max abs {o.max_abs:.1e}"
         if o.top1 is not None:
             s += f" top-1 {o.top1:.1%}"
         parts.append(s)
