@@ -605,11 +605,18 @@ def cmd_tune(argv: list[str]) -> int:
     return run_tune(argv)
 
 
+def cmd_optimize(argv: list[str]) -> int:
+    from torchtide.optimize.command import cmd_optimize as run_optimize
+
+    return run_optimize(argv)
+
+
 COMMANDS = {
     "serve": ("serve model repositories over HTTP and gRPC", cmd_serve),
     "check": ("validate model repositories without serving them", cmd_check),
     "bench": ("load-test a KServe V2 server (HTTP or gRPC), like perf_analyzer", cmd_bench),
     "tune": ("search a model's instances, threads and batching on a live server", cmd_tune),
+    "optimize": ("make a model faster: build, gate, time variants; write the winner", cmd_optimize),
 }
 
 
