@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import http.server
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,3 +66,42 @@ def test_curl_script(examples: AppThread) -> None:
     )
     assert out.startswith("ready: 200")
     assert '"id":"curl-1"' in out and 'nv_inference_count{model="add_sub",version="1"}' in out
+
+
+class _BigAnswers(http.server.BaseHTTPRequestHandler):
+    """Answers every request with 200 and a body far larger than a pipe holds."""
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        body = b"nv_inference_count 1\n" + b"x" * (1 << 20)  # 1 MiB: a pipe holds 64 KiB
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_curl_script_shows_the_start_of_long_answers() -> None:
+    """curl.sh prints the first characters of the long answers (an embedding, statistics). Cut
+    with `curl | head -c N`, curl failed with exit code 23 (and the script with it, under
+    pipefail) whenever it still had bytes to write after head had gone: now and then on a
+    loaded machine; always here, where the answers outgrow the pipe's buffer."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _BigAnswers)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        address = f"127.0.0.1:{server.server_address[1]}"
+        out = run("bash", "examples/clients/curl.sh", address, address)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert out.startswith("ready: 200")
+    first = b"nv_inference_count 1\n" + b"x" * 400  # what _BigAnswers sends first
+    for n in (200, 300):
+        assert f"\n{first[:n].decode()} ...\n" in out

@@ -4,6 +4,9 @@
 set -euo pipefail
 H=${1:-localhost:8000}
 M=${2:-localhost:8002}
+# Shows the first $1 characters of a long answer. curl's output is read whole first:
+# `curl | head -c N` fails now and then (curl exits 23 when head has closed the pipe).
+cut_to() { local n=$1 out; shift; out=$(curl -sf "$@"); echo "${out:0:n} ..."; }
 echo "ready: $(curl -s -o /dev/null -w '%{http_code}' "$H/v2/health/ready")"
 curl -sf "$H/v2" ; echo
 curl -sf "$H/v2/models/add_sub" ; echo
@@ -13,8 +16,8 @@ curl -sf "$H/v2/models/add_sub/infer" -H 'Content-Type: application/json' -d '{
     {"name": "INPUT0", "datatype": "INT32", "shape": [1, 16], "data": [0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15]},
     {"name": "INPUT1", "datatype": "INT32", "shape": [1, 16], "data": [1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1]}
   ]}' ; echo
-curl -sf "$H/v2/models/minilm/infer" -d '{
+cut_to 200 "$H/v2/models/minilm/infer" -d '{
   "inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1, 1], "data": ["Triton speaks V2."]}],
-  "outputs": [{"name": "EMBEDDING"}]}' | head -c 200 ; echo " ..."
-curl -sf "$H/v2/models/add_sub/stats" | head -c 300 ; echo " ..."
+  "outputs": [{"name": "EMBEDDING"}]}'
+cut_to 300 "$H/v2/models/add_sub/stats"
 curl -sf "$M/metrics" | grep '^nv_inference_count'
