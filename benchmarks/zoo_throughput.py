@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """In-process throughput of the example models (no server): ResNet-18 and all-MiniLM-L6-v2.
 
-    PYTHONPATH=src python benchmarks/zoo_throughput.py [--threads 2] [--seconds 2]
+    .venv/bin/python -m benchmarks.zoo_throughput [--threads 2] [--seconds 2]
 
 ResNet-18 runs as the TorchScript module that scripts/build_examples.py writes (seed 0); MiniLM
 embeds random 5-60-word sentences, both as one padded batch and length-bucketed.

@@ -1,7 +1,7 @@
 """Locust load test for a KServe V2 server (torchtide, Triton, MLServer): V2 JSON inference
 requests to the `add_sub` model (INT32 [1,16] + [1,16]), each response checked.
 
-    pip install locust
+    pip install -c constraints.txt -e ".[loadtest]"      # Locust, from the repository root
     locust -f examples/locustfile.py --host http://localhost:8000 \
         --headless --users 32 --spawn-rate 32 --run-time 30s
 

@@ -5,10 +5,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.models import standard_repository
 from torchtide.app import AppOptions, AppThread
 from torchtide.server import ServerOptions
+
+# Property tests judge results, never speed: no per-example deadline and no "too slow" health
+# check, which a loaded machine would trip by timing alone.
+settings.register_profile(
+    "torchtide", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("torchtide")
 
 
 def free_port() -> int:

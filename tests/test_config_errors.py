@@ -24,13 +24,37 @@ CASES = [
         "unknown_field",
         'backend: "python"\nmax_batch: 4\n' + IO,
         PY,
-        "{cfg}: line 2:1: unknown field 'max_batch' in inference.ModelConfig",
+        "{cfg}: line 2:1: unknown field 'max_batch' in inference.ModelConfig "
+        "(did you mean 'max_batch_size'?)",
+    ),
+    (
+        "unknown_nested_field",
+        'backend: "python"\nmax_batch_size: 4\ndynamic_batching { max_queue_delay_microsecond: 100 }\n'
+        + IO,
+        PY,
+        "{cfg}: line 3:20: unknown field 'max_queue_delay_microsecond' in "
+        "inference.ModelDynamicBatching (did you mean 'max_queue_delay_microseconds'?)",
+    ),
+    (
+        "misspelled_enum",
+        'backend: "python"\ninput [{ name: "A" data_type: TYPE_FP23 dims: [1] }]',
+        PY,
+        "{cfg}: line 2:31: invalid value 'TYPE_FP23' for inference.DataType "
+        "(did you mean 'TYPE_FP32'?)",
+    ),
+    (
+        "no_config_no_inputs",
+        None,
+        {"1/model.py": "class TritonPythonModel:\n    def execute(self, requests):\n        return []\n"},
+        "{dir} (no config.pbtxt): input: the model has no inputs (give them in config.pbtxt or a "
+        "model file that names them)",
     ),
     (
         "bad_enum",
         'backend: "python"\ninput [{ name: "A" data_type: TYPE_FOO dims: [1] }]',
         PY,
-        "{cfg}: line 2:31: invalid value 'TYPE_FOO' for inference.DataType",
+        "{cfg}: line 2:31: invalid value 'TYPE_FOO' for inference.DataType "
+        "(did you mean 'TYPE_BOOL'?)",
     ),
     (
         "syntax",

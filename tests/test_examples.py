@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -29,9 +31,9 @@ def examples() -> Iterator[AppThread]:
     app.stop()
 
 
-def run(*args: str) -> str:
-    done = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert done.returncode == 0, done.stdout + done.stderr
+def run(*args: str, env: dict[str, str] | None = None) -> str:
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    assert done.returncode == 0, (done.stdout[-2000:] + done.stderr)[-4000:]
     return done.stdout
 
 
@@ -63,3 +65,28 @@ def test_curl_script(examples: AppThread) -> None:
     )
     assert out.startswith("ready: 200")
     assert '"id":"curl-1"' in out and 'nv_inference_count{model="add_sub",version="1"}' in out
+
+
+def test_curl_script_reads_answers_larger_than_a_pipe(examples: AppThread, tmp_path: Path) -> None:
+    """Each answer is followed by more bytes than a pipe holds, so a reader that stops early
+    (`curl | head -c`) always breaks the pipe; the script must read every answer whole."""
+    real = shutil.which("curl")
+    assert real is not None
+    shim = tmp_path / "curl"
+    shim.write_text(
+        "#!/usr/bin/env bash\n"
+        f'"{real}" "$@" || exit $?\n'
+        "head -c 300000 /dev/zero | tr '\\0' ' '\n"
+        "exit $?\n"
+    )
+    shim.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"}
+    out = run(
+        "bash",
+        "examples/clients/curl.sh",
+        f"127.0.0.1:{examples.app.port('http')}",
+        f"127.0.0.1:{examples.app.port('metrics')}",
+        env=env,
+    )
+    assert out.startswith("ready: 200")
+    assert 'nv_inference_count{model="add_sub",version="1"}' in out

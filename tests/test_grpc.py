@@ -26,6 +26,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
 
+from tests import probe
 from tests.conftest import start_app
 from tests.models import (
     ADD_SUB_CONFIG,
@@ -58,10 +59,12 @@ output [{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [1] }]
 instance_group [{ count: 1 kind: KIND_CPU }]
 """
 
-# Sleeps INPUT0 seconds, then echoes it.
+# Sleeps INPUT0 seconds, then echoes it; a negative INPUT0 (GATED) waits for probe.GATE instead,
+# so a test decides when the request returns, whatever the machine's load.
 SLOW_PY = """
 import time
 import triton_python_backend_utils as pb_utils
+from tests import probe
 
 
 class TritonPythonModel:
@@ -69,10 +72,25 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
-            time.sleep(float(x.reshape(-1)[0]))
+            seconds = float(x.reshape(-1)[0])
+            if seconds < 0:
+                probe.ENTERED.set()
+                probe.GATE.wait(60)
+            else:
+                time.sleep(seconds)
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", x)]))
         return responses
 """
+GATED = -1.0
+
+
+@pytest.fixture
+def gate() -> Iterator[threading.Event]:
+    """Closed: GATED requests wait in the model until the test sets it (or the test ends)."""
+    probe.reset()
+    probe.GATE.clear()
+    yield probe.GATE
+    probe.GATE.set()
 
 # Raises when INPUT0 is negative.
 FAIL_PY = """
@@ -182,7 +200,7 @@ def test_live_ready_and_metadata(client: grpcclient.InferenceServerClient, app: 
     assert client.is_server_live()
     assert client.is_server_ready()
     meta = client.get_server_metadata(as_json=True)
-    assert meta["name"] == "torchtide"
+    assert meta["name"] == "triton"
     assert meta["extensions"] == app.app.server.metadata()["extensions"]
     m = client.get_model_metadata("add_sub", as_json=True)
     assert m["name"] == "add_sub" and m["versions"] == ["1"]
@@ -448,12 +466,13 @@ def test_stream_many_requests_with_an_error_in_the_middle(
         client.stop_stream()
 
 
-async def test_stream_serves_requests_concurrently(url: str) -> None:
-    """A slow request first, a fast one second: the fast answer must not wait for the slow."""
+async def test_stream_serves_requests_concurrently(url: str, gate: threading.Event) -> None:
+    """A slow request first, a fast one second: the fast answer must not wait for the slow
+    (which returns only once the other two have been answered)."""
     async with aioclient.InferenceServerClient(url) as c:
         async def requests() -> Any:
             slow = aioclient.InferInput("INPUT0", [1], "FP32").set_data_from_numpy(
-                np.array([0.6], np.float32))
+                np.array([GATED], np.float32))
             yield {"model_name": "slow", "inputs": [slow], "request_id": "slow"}
             yield {"model_name": "add_sub", "inputs": [
                 aioclient.InferInput("INPUT0", [1, 16], "INT32").set_data_from_numpy(I16),
@@ -468,6 +487,8 @@ async def test_stream_serves_requests_concurrently(url: str) -> None:
                 order.append("bad")
             else:
                 order.append(result.get_response().id)
+            if sorted(order) == ["bad", "fast"]:
+                gate.set()
             if len(order) == 3:
                 break
         assert order.index("fast") < order.index("slow")
@@ -789,17 +810,20 @@ def wait_running(client: grpcclient.InferenceServerClient, queued_before: int) -
         assert time.monotonic() < deadline, "the slow request never started"
 
 
-def test_deadline_drops_a_queued_request(client: grpcclient.InferenceServerClient) -> None:
+def test_deadline_drops_a_queued_request(
+    client: grpcclient.InferenceServerClient, gate: threading.Event
+) -> None:
     """A request whose deadline passes while it is queued never reaches the model."""
     before = _slow_stats(client)
     first: list[Any] = []
-    t = threading.Thread(target=lambda: first.append(client.infer("slow", _slow_inputs(0.8))))
+    t = threading.Thread(target=lambda: first.append(client.infer("slow", _slow_inputs(GATED))))
     t.start()
     wait_running(client, before.inference_stats.queue.count)
     expect_error(lambda: client.infer("slow", _slow_inputs(0.0), client_timeout=0.3),
                  grpc.StatusCode.DEADLINE_EXCEEDED)
-    t.join(10)
-    assert first and first[0].as_numpy("OUTPUT0")[0] == np.float32(0.8)
+    gate.set()  # the first request returns only now, after the second one's deadline
+    t.join(30)
+    assert first and first[0].as_numpy("OUTPUT0")[0] == np.float32(GATED)
     client.infer("slow", _slow_inputs(0.0))
     after = _slow_stats(client)
     assert after.execution_count - before.execution_count == 2  # the timed-out one never ran
@@ -807,12 +831,12 @@ def test_deadline_drops_a_queued_request(client: grpcclient.InferenceServerClien
 
 
 def test_cancelled_stream_drops_its_queued_requests(
-    client: grpcclient.InferenceServerClient, stub: Any, app: AppThread,
+    client: grpcclient.InferenceServerClient, stub: Any, app: AppThread, gate: threading.Event
 ) -> None:
     before = _slow_stats(client)
     sends: queue.Queue[Any] = queue.Queue()
     call = stub.ModelStreamInfer(iter(sends.get, None))
-    for rid, seconds in (("running", 0.5), ("queued", 0.0)):
+    for rid, seconds in (("running", GATED), ("queued", 0.0)):
         req = pb.ModelInferRequest(model_name="slow", id=rid)
         req.inputs.add(name="INPUT0", datatype="FP32", shape=[1])
         req.raw_input_contents.append(np.array([seconds], np.float32).tobytes())
@@ -825,6 +849,15 @@ def test_cancelled_stream_drops_its_queued_requests(
         time.sleep(0.001)
     call.cancel()
     sends.put(None)
+    scheduler = app.app.server.resolve("slow").scheduler
+
+    async def cancel_seen() -> bool:  # on the server's loop: the stream's requests are cancelled
+        return any(p.work.cancelled for q in scheduler.queues for p in q)
+
+    while not app.call(cancel_seen()):
+        assert time.monotonic() < deadline + 50, "the cancel never reached the server"
+        time.sleep(0.001)
+    gate.set()  # the running request returns only after the server saw the cancel
     client.infer("slow", _slow_inputs(0.0))  # runs after the cancelled one finishes
     after = _slow_stats(client)
     # Only the last request counts as executed: the running one ends CANCELED when the model
@@ -836,7 +869,9 @@ def test_cancelled_stream_drops_its_queued_requests(
 # ---------------------------------------------------------------------------- stop, refusal
 
 
-def test_refusal_without_client_shm_and_graceful_stop(tmp_path: Path) -> None:
+def test_refusal_without_client_shm_and_graceful_stop(
+    tmp_path: Path, gate: threading.Event
+) -> None:
     repo = tmp_path / "repo"
     two_instances = SLOW_CONFIG.replace("count: 1", "count: 2")
     write_model(repo, "slow", two_instances, {"1/model.py": SLOW_PY})
@@ -856,14 +891,14 @@ def test_refusal_without_client_shm_and_graceful_stop(tmp_path: Path) -> None:
         # In flight when the stop begins: a unary request and one on a stream left open.
         in_flight: list[Any] = []
         worker = threading.Thread(
-            target=lambda: in_flight.append(c.infer("slow", _slow_inputs(1.0))))
+            target=lambda: in_flight.append(c.infer("slow", _slow_inputs(GATED))))
         worker.start()
         sends: queue.Queue[Any] = queue.Queue()
         channel = grpc.insecure_channel(url)
         stream = pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(iter(sends.get, None))
         sreq = pb.ModelInferRequest(model_name="slow", id="streamed")
         sreq.inputs.add(name="INPUT0", datatype="FP32", shape=[1])
-        sreq.raw_input_contents.append(np.array([0.8], np.float32).tobytes())
+        sreq.raw_input_contents.append(np.array([GATED], np.float32).tobytes())
         sends.put(sreq)
         wait_running(c, 1)  # both are executing (two instances)
         deadline = time.monotonic() + 10
@@ -877,14 +912,15 @@ def test_refusal_without_client_shm_and_graceful_stop(tmp_path: Path) -> None:
         expect_error(lambda: other.infer("slow", _slow_inputs(0.0)), grpc.StatusCode.UNAVAILABLE,
                      "shutting down")
         expect_error(lambda: other.get_server_metadata(), grpc.StatusCode.UNAVAILABLE)
-        worker.join(10)
+        gate.set()  # the two in-flight requests finish only after the refusals were seen
+        worker.join(30)
         # The open stream answers its request, then ends with OK though the client never closed.
         answers = list(stream)
         assert [(a.error_message, a.infer_response.id) for a in answers] == [("", "streamed")]
         sends.put(None)
         channel.close()
         stopper.join(30)
-        assert in_flight and in_flight[0].as_numpy("OUTPUT0")[0] == np.float32(1.0)
+        assert in_flight and in_flight[0].as_numpy("OUTPUT0")[0] == np.float32(GATED)
         with pytest.raises(InferenceServerException):
             other.is_server_live()  # the listener is closed
     finally:

@@ -39,7 +39,7 @@ class RawClient:
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
-    def frame(self, timeout: float = 5.0) -> Frame | None:
+    def frame(self, timeout: float = 60.0) -> Frame | None:
         """The next frame, or None when the server closed the connection."""
         self.sock.settimeout(timeout)
         while True:

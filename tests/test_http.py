@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import http.client
 import json
+import logging
 import socket
 import threading
 import time
@@ -32,9 +33,10 @@ from tests.http_util import (
     serialize_bytes,
     split_binary,
 )
-from tests.models import IDENTITY_TYPES, write_add_sub, write_model
+from tests.models import IDENTITY_TYPES, write_add_sub, write_identity, write_model
 from tests.wire_vectors import VECTORS
 from torchtide.app import AppThread
+from torchtide.logsettings import LogSettings
 
 # ------------------------------------------------------------ fixtures
 
@@ -82,7 +84,7 @@ def test_health_and_server_metadata(port: int, client: httpclient.InferenceServe
         assert (r.status, r.body, r.headers["content-type"]) == (200, b"", "text/plain")
     assert client.is_server_live() and client.is_server_ready()
     meta = client.get_server_metadata()
-    assert meta["name"] == "torchtide" and "binary_tensor_data" in meta["extensions"]
+    assert meta["name"] == "triton" and "binary_tensor_data" in meta["extensions"]
 
 
 def test_model_metadata_ready_config(port: int, client: httpclient.InferenceServerClient) -> None:
@@ -353,6 +355,115 @@ def test_compression(port: int, client: httpclient.InferenceServerClient) -> Non
         port, "POST", "/v2/models/identity/infer", b"not gzip", {"Content-Encoding": "gzip"}
     )
     assert r.status == 400 and "gzip" in r.error
+
+
+BIG = 1200  # past the old 1 KiB compression threshold
+LONG_ADD_SUB = "add_sub_" + "s" * 200
+
+
+@pytest.fixture
+def big_app(tmp_path: Path) -> Iterator[AppThread]:
+    """Explicit mode, a long server name and many long model names: every non-infer route can
+    answer with a body of more than 1 KiB."""
+    write_add_sub(tmp_path)
+    write_add_sub(tmp_path, LONG_ADD_SUB)
+    write_identity(tmp_path)
+    for k in range(8):
+        (tmp_path / f"unloaded_{k}_{'x' * 200}").mkdir()
+    a = start_app(
+        tmp_path,
+        grpc=False,
+        allow_client_shm=True,
+        control_mode="explicit",
+        startup_models=["add_sub", "identity", LONG_ADD_SUB],
+        server_name="triton-" + "n" * BIG,
+    )
+    a.app.server.log_settings = LogSettings(
+        logging.getLogger("tests.big_app"), file="/tmp/" + "l" * BIG
+    )
+    yield a
+    a.stop()
+
+
+async def test_aio_client_reads_every_non_infer_route(big_app: AppThread) -> None:
+    """aiohttp always sends Accept-Encoding: gzip, deflate and tritonclient's aio session does
+    not decompress; Triton compresses only successful infer replies, so must we."""
+    port = big_app.app.port("http")
+    key = f"/tt_aio_{port}"
+    handle = shm.create_shared_memory_region("r", key, 64)
+    async with aioclient.InferenceServerClient(f"127.0.0.1:{port}") as c:
+        try:
+            assert await c.is_server_live() and await c.is_server_ready()
+            meta = await c.get_server_metadata()
+            assert meta["name"] == "triton-" + "n" * BIG
+            assert len((await c.get_model_metadata("identity"))["inputs"]) == len(IDENTITY_TYPES)
+            assert await c.is_model_ready("identity")
+            assert (await c.get_model_config("identity"))["name"] == "identity"
+            assert (await c.get_model_config("identity", "1"))["name"] == "identity"
+            stats = await c.get_inference_statistics()
+            assert len(stats["model_stats"]) == 3 and len(json.dumps(stats)) > BIG
+            assert (await c.get_inference_statistics("identity"))["model_stats"]
+            index = await c.get_model_repository_index()
+            assert len(index) == 11 and len(json.dumps(index)) > BIG
+            assert (await c.get_log_settings())["log_file"].endswith("l" * BIG)
+            assert (await c.update_log_settings({"log_info": True}))["log_info"] is True
+            for k in range(12):
+                await c.register_system_shared_memory(f"region_{k}_{'r' * 100}", key, 64)
+            status = await c.get_system_shared_memory_status()
+            assert len(status) == 12 and len(json.dumps(status)) > BIG
+            assert await c.get_cuda_shared_memory_status() == []
+            await c.unregister_cuda_shared_memory()
+            await c.unregister_system_shared_memory()
+            await c.load_model("add_sub")
+            await c.unload_model("add_sub")
+            # Error replies are never compressed either (Triton sends them as they are).
+            # (model names are bounded at 255 bytes; a long input name makes a long error)
+            unknown = "m" * 255
+            with pytest.raises(InferenceServerException, match="Request for unknown model"):
+                await c.get_model_metadata(unknown)
+            with pytest.raises(InferenceServerException, match="Request for unknown model"):
+                await c.get_model_config(unknown)
+            x = np.arange(2000, dtype=np.float32).reshape(1, 2000)
+            long_input = aioclient.InferInput("n" * BIG, [1, 2000], "FP32")
+            long_input.set_data_from_numpy(x)
+            with pytest.raises(InferenceServerException, match="unexpected inference input"):
+                await c.infer("identity", [long_input])
+            i = aioclient.InferInput("IN_FP32", [1, 2000], "FP32")
+            i.set_data_from_numpy(x)
+            # The infer reply itself is compressed when asked, and read by the client.
+            out = [aioclient.InferRequestedOutput("OUT_FP32")]
+            r = await c.infer("identity", [i], outputs=out, response_compression_algorithm="gzip")
+            np.testing.assert_array_equal(r.as_numpy("OUT_FP32"), x)
+        finally:
+            shm.destroy_shared_memory_region(handle)
+    for path in ("/v2", "/v2/models/identity", "/v2/models/identity/config"):
+        r = request(port, "GET", path, headers={"Accept-Encoding": "gzip, deflate"})
+        assert r.status == 200 and len(r.body) > BIG and "content-encoding" not in r.headers
+
+
+def test_infer_reply_encoding_follows_triton(port: int) -> None:
+    """Triton picks the accepted gzip / deflate / identity with the highest q (the first on a
+    tie); anything else, or no header, gets the reply as it is."""
+    x = np.arange(2000, dtype=np.float32)
+    doc = {
+        "inputs": [{"name": "IN_FP32", "datatype": "FP32", "shape": [1, 2000], "data": x.tolist()}],
+        "outputs": [{"name": "OUT_FP32"}],
+    }
+    for accept, expected in (
+        ("gzip, deflate", "gzip"),
+        ("deflate, gzip", "deflate"),
+        ("gzip;q=0.5, deflate", "deflate"),
+        ("gzip; q=0.9, deflate;q=0.8", "gzip"),
+        ("identity, gzip", None),
+        ("identity;q=0.1, gzip", "gzip"),
+        ("br, *", None),
+        ("gzip;q=0, deflate;q=0", None),
+        ("gzip;q=abc", None),
+    ):
+        r = request(port, "POST", "/v2/models/identity/infer", doc, {"Accept-Encoding": accept})
+        assert r.status == 200 and r.headers.get("content-encoding") == expected, accept
+        body = {"gzip": gzip.decompress, "deflate": zlib.decompress, None: bytes}[expected](r.body)
+        assert json.loads(body)["outputs"][0]["data"] == x.tolist()
 
 
 # ------------------------------------------------------------ errors
@@ -994,7 +1105,7 @@ class TritonPythonModel:
         self.gate = json.loads(args["model_config"])["parameters"]["gate"]["string_value"]
 
     def execute(self, requests):
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120
         while not os.path.exists(self.gate) and time.monotonic() < deadline:
             time.sleep(0.005)
         return [pb_utils.InferenceResponse(
@@ -1024,7 +1135,7 @@ def _gate_request(x: float) -> bytes:
     ) + body
 
 
-def _wait_for(cond: Any, timeout: float = 10) -> None:
+def _wait_for(cond: Any, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         assert time.monotonic() < deadline, "condition not reached"
@@ -1079,7 +1190,7 @@ def test_graceful_stop(gated: tuple[AppThread, Path]) -> None:
     assert reply.startswith(b"HTTP/1.1 503") and b"Connection: close" in reply
     partial.close()
     gate.touch()  # let the in-flight request finish
-    stopping.join(10)
+    stopping.join(60)
     assert not stopping.is_alive()
     raw = b""
     while chunk := busy.recv(65536):

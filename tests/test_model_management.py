@@ -90,7 +90,8 @@ async def test_poll_loop_runs_by_itself(tmp_path: Path) -> None:
     await s.start()
     try:
         shutil.copytree(tmp_path / "ver" / "1", tmp_path / "ver" / "3")
-        for _ in range(200):
+        deadline = asyncio.get_running_loop().time() + 120
+        while asyncio.get_running_loop().time() < deadline:
             if s.model_metadata("ver")["versions"] == ["3"]:
                 break
             await asyncio.sleep(0.05)
@@ -199,13 +200,14 @@ async def test_load_unload_cycles_do_not_leak(tmp_path: Path) -> None:
 
 
 SLOW_INIT_PY = '''
-import time
 import triton_python_backend_utils as pb_utils
+from tests import probe
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        time.sleep(1.0)
+        probe.ENTERED.set()
+        probe.GATE.wait(60)  # the test holds the load here
 
     def execute(self, requests):
         return [pb_utils.InferenceResponse([pb_utils.Tensor(
@@ -215,15 +217,20 @@ class TritonPythonModel:
 
 async def test_model_removed_while_reloading(tmp_path: Path) -> None:
     """Triton kept serving such a model, stopped polling and ignored SIGTERM."""
+    probe.reset()
     write_model(tmp_path, "slow", versioned(), {"1/model.py": SLOW_INIT_PY})
     s = InferenceServer(ServerOptions([tmp_path], control_mode="poll", poll_secs=3600))
     await s.start()
     try:
         assert s.model_ready("slow")
+        probe.ENTERED.clear()
+        probe.GATE.clear()
         (tmp_path / "slow" / "config.pbtxt").write_text(versioned().replace("4", "2"))
         reloading = asyncio.ensure_future(s.poll_once())
-        await asyncio.sleep(0.3)  # the new version is loading beside the old one
+        # the new version is loading beside the old one (held in initialize())
+        assert await asyncio.to_thread(probe.ENTERED.wait, 60)
         shutil.rmtree(tmp_path / "slow")
+        probe.GATE.set()
         await reloading
         await s.poll_once()  # polling goes on and sees the folder gone
         assert not s.model_ready("slow")
@@ -232,7 +239,8 @@ async def test_model_removed_while_reloading(tmp_path: Path) -> None:
         await s.poll_once()
         assert s.model_ready("later")
     finally:
-        assert await asyncio.wait_for(s.stop(timeout=5), 10)
+        probe.GATE.set()
+        assert await asyncio.wait_for(s.stop(timeout=5), 60)
 
 
 # ---------------------------------------------------------------------------- config overrides

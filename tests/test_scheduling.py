@@ -66,7 +66,7 @@ async def blocker(s: InferenceServer) -> asyncio.Task[dict[str, Any]]:
     """Occupy the only instance until probe.GATE is set again."""
     probe.GATE.clear()
     t = infer(s, rid="blocker", block=True)
-    await asyncio.to_thread(probe.ENTERED.wait, 10)
+    assert await asyncio.to_thread(probe.ENTERED.wait, 60), "the blocker never started"
     return t
 
 
@@ -118,13 +118,15 @@ async def test_preferred_batch_size_released_at_once(make_server: ServerFactory)
 
 
 async def test_delay_waits_for_more_requests(make_server: ServerFactory) -> None:
-    s = await make_server("dynamic_batching { max_queue_delay_microseconds: 300000 }")
+    # 50 ms between the two against a 1.5 s delay: only a loop stalled for over a second
+    # could release "a" alone.
+    s = await make_server("dynamic_batching { max_queue_delay_microseconds: 1500000 }")
     first = infer(s, 1, "a")
     await asyncio.sleep(0.05)
     second = infer(s, 1, "b")
     await asyncio.gather(first, second)
     assert [sorted(c.ids) for c in probe.CALLS] == [["a", "b"]]
-    assert stats(s)["inference_stats"]["queue"]["ns"] >= 300_000_000  # a waited out the delay
+    assert stats(s)["inference_stats"]["queue"]["ns"] >= 1_500_000_000  # a waited out the delay
 
 
 async def test_different_shapes_never_batch_together(make_server: ServerFactory) -> None:
@@ -198,15 +200,19 @@ async def test_queue_timeout_reject(make_server: ServerFactory) -> None:
 
 
 async def test_queue_timeout_delay_still_runs(make_server: ServerFactory) -> None:
+    # "delayed" asks for a 50 ms queue timeout; "fresh" keeps the default of 600 s, so however
+    # slow the machine, only "delayed" times out.
     s = await make_server(
         "dynamic_batching { default_queue_policy { timeout_action: DELAY "
-        "default_timeout_microseconds: 50000 } }"
+        "default_timeout_microseconds: 600000000 allow_timeout_override: true } }"
     )
     b = await blocker(s)
-    first = infer(s, 1, "delayed")
-    await asyncio.sleep(0.15)  # "delayed" has timed out: it goes behind the next one
+    first = infer(s, 1, "delayed", timeout=50000)
+    scheduler = s.resolve("probe").scheduler
+    while not scheduler.delayed:  # "delayed" has timed out: it goes behind the next one
+        await asyncio.sleep(0.01)
     second = infer(s, 1, "fresh")
-    await asyncio.sleep(0.02)
+    await asyncio.sleep(0)
     probe.GATE.set()
     await asyncio.gather(b, first, second)
     flat = [rid for c in probe.CALLS for rid in c.ids]
@@ -302,7 +308,7 @@ async def test_preserve_ordering(make_server: ServerFactory) -> None:
 
     probe.GATE.clear()
     first = asyncio.ensure_future(go("slow", block=True))
-    await asyncio.to_thread(probe.ENTERED.wait, 10)
+    assert await asyncio.to_thread(probe.ENTERED.wait, 60)
     second = asyncio.ensure_future(go("fast"))
     await asyncio.sleep(0.2)  # "fast" ran on the other instance but must not be released first
     assert finished == []

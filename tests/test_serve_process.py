@@ -29,25 +29,49 @@ from tests.conftest import free_port
 from tests.models import write_add_sub, write_model
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).parent.parent  # this checkout's src/ wins over the installed torchtide
 
+# A model whose initialize() and execute() wait for gate files the test creates, so the test (not
+# the machine's speed) decides when a load or a request ends. execute() first appends the number
+# of requests it got to `executing`, so the test knows what the model holds.
 SLOW_PY = """
+import json
 import time
+from pathlib import Path
+
 import triton_python_backend_utils as pb_utils
+
+
+def wait_for(path):
+    deadline = time.monotonic() + 120
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        time.sleep(float(args.get("model_config") and __import__("json").loads(
-            args["model_config"])["parameters"]["INIT_SLEEP"]["string_value"]))
+        params = json.loads(args["model_config"])["parameters"]
+        self.gates = Path(params["GATES"]["string_value"])
+        (self.gates / "initializing").touch()
+        wait_for(self.gates / "open-initialize")
 
     def execute(self, requests):
-        time.sleep(0.8)
+        with open(self.gates / "executing", "a") as f:
+            f.write(f"{len(requests)}\\n")
+        wait_for(self.gates / "open-execute")
         return [pb_utils.InferenceResponse([pb_utils.Tensor(
             "OUT", pb_utils.get_input_tensor_by_name(r, "IN").as_numpy())]) for r in requests]
 """
 
 
-def slow_model(repo: Path, init_sleep: float = 0.0) -> None:
+def slow_model(repo: Path, *, initialize: bool = True, execute: bool = True) -> Path:
+    """The gated model; `initialize`/`execute` False: that gate starts closed (open it with
+    `open_gate`). Returns the gate folder."""
+    gates = repo.parent / f"{repo.name}-gates"
+    gates.mkdir(exist_ok=True)
+    for name, is_open in (("initialize", initialize), ("execute", execute)):
+        if is_open:
+            open_gate(gates, name)
     write_model(
         repo,
         "slow",
@@ -57,15 +81,35 @@ def slow_model(repo: Path, init_sleep: float = 0.0) -> None:
         input [{{ name: "IN" data_type: TYPE_FP32 dims: [1] }}]
         output [{{ name: "OUT" data_type: TYPE_FP32 dims: [1] }}]
         dynamic_batching {{ }}
-        parameters {{ key: "INIT_SLEEP" value {{ string_value: "{init_sleep}" }} }}
+        parameters {{ key: "GATES" value {{ string_value: "{gates}" }} }}
         """,
         {"1/model.py": SLOW_PY},
     )
+    return gates
+
+
+def open_gate(gates: Path, name: str) -> None:
+    (gates / f"open-{name}").touch()
+
+
+def executing(gates: Path) -> int:
+    """How many requests the model has taken into execute() so far."""
+    f = gates / "executing"
+    return sum(int(n) for n in f.read_text().split()) if f.exists() else 0
 
 
 class Served:
-    def __init__(self, proc: subprocess.Popen[bytes], http: int, grpc: int) -> None:
-        self.proc, self.http, self.grpc = proc, http, grpc
+    def __init__(self, proc: subprocess.Popen[bytes], http: int, grpc: int, metrics: int) -> None:
+        self.proc, self.http, self.grpc, self.metrics = proc, http, grpc, metrics
+
+    def pending(self, model: str) -> int:
+        """Requests queued in the server for `model` (Triton's pending-request gauge)."""
+        url = f"http://127.0.0.1:{self.metrics}/metrics"
+        with urllib.request.urlopen(url, timeout=30) as r:
+            page = r.read().decode()
+        prefix = f'nv_inference_pending_request_count{{model="{model}",version="1"}} '
+        line = next((ln for ln in page.splitlines() if ln.startswith(prefix)), prefix + "0")
+        return int(float(line.split()[-1]))
 
     def status(self, path: str) -> int:
         try:
@@ -96,9 +140,9 @@ def launch(repo: Path, *extra: str, command: str = "torchtide") -> Served:
         args,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+        env={**os.environ, "PYTHONPATH": os.pathsep.join((str(ROOT / "src"), str(ROOT)))},
     )
-    return Served(proc, http, grpc)
+    return Served(proc, http, grpc, metrics)
 
 
 def wait_for(cond, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
@@ -117,20 +161,23 @@ def repo(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_liveness_answers_during_a_long_startup_load(repo: Path) -> None:
-    slow_model(repo, init_sleep=3.0)
+    gates = slow_model(repo, initialize=False)  # 'slow' loads until the test lets it
     s = launch(repo)
     try:
-        wait_for(lambda: s.status("/v2/health/live") == 200, 30)
+        wait_for(lambda: s.status("/v2/health/live") == 200, 60)
+        wait_for(lambda: (gates / "initializing").exists(), 60)
         assert s.status("/v2/health/ready") != 200  # still loading 'slow'
+        open_gate(gates, "initialize")
         wait_for(lambda: s.status("/v2/health/ready") == 200, 60)
     finally:
+        open_gate(gates, "initialize")
         s.proc.terminate()
         s.proc.wait(30)
 
 
 def test_sigterm_drains_in_flight_and_refuses_new_work(repo: Path) -> None:
-    slow_model(repo)
-    s = launch(repo, "--exit-timeout-secs=20")
+    gates = slow_model(repo, execute=False)
+    s = launch(repo, "--exit-timeout-secs=60")
     try:
         wait_for(lambda: s.status("/v2/health/ready") == 200)
         x = np.ones((1, 1), np.float32)
@@ -152,33 +199,33 @@ def test_sigterm_drains_in_flight_and_refuses_new_work(repo: Path) -> None:
             inflight = [pool.submit(http_call) for _ in range(3)] + [
                 pool.submit(grpc_call) for _ in range(3)
             ]
-            time.sleep(0.4)  # they are executing or queued
+            # all six are in the server: executing (held by the gate) or queued behind
+            wait_for(lambda: executing(gates) + s.pending("slow") == 6)
             s.proc.send_signal(signal.SIGTERM)
-            time.sleep(0.2)
-            # new work is refused at once on both protocols
-            assert s.status("/v2/health/ready") != 200
+            # new work is refused on both protocols
+            wait_for(lambda: s.status("/v2/health/ready") != 200)
             with pytest.raises(InferenceServerException):
                 grpc_call()
             assert not grpc_probe.is_server_ready()
-            results = [f.result(timeout=30) for f in inflight]
+            open_gate(gates, "execute")
+            results = [f.result(timeout=60) for f in inflight]
         assert all(np.array_equal(r, x) for r in results)
-        assert s.proc.wait(30) == 0
+        assert s.proc.wait(60) == 0
     finally:
+        open_gate(gates, "execute")
         if s.proc.poll() is None:
             s.proc.kill()
 
 
 def test_idle_keepalive_connection_does_not_hold_shutdown(repo: Path) -> None:
-    s = launch(repo, "--exit-timeout-secs=30")
+    s = launch(repo, "--exit-timeout-secs=600")
     try:
         wait_for(lambda: s.status("/v2/health/ready") == 200)
         sock = socket.create_connection(("127.0.0.1", s.http))
         sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
         assert b"200" in sock.recv(1024)  # the connection stays open, idle
-        t0 = time.time()
         s.proc.send_signal(signal.SIGTERM)
-        assert s.proc.wait(20) == 0
-        assert time.time() - t0 < 10  # far less than --exit-timeout-secs
+        assert s.proc.wait(120) == 0  # long before --exit-timeout-secs
         sock.close()
     finally:
         if s.proc.poll() is None:
@@ -213,9 +260,10 @@ def test_missing_repository_exits_2(tmp_path: Path) -> None:
 
 def test_a_slow_load_call_does_not_stall_other_clients(tmp_path: Path) -> None:
     """Triton answered no other keep-alive client while an HTTP model-load call ran."""
-    write_add_sub(tmp_path)
-    slow_model(tmp_path, init_sleep=2.0)
-    s = launch(tmp_path, "--model-control-mode=explicit", "--load-model=add_sub")
+    repo = tmp_path / "repo"
+    write_add_sub(repo)
+    gates = slow_model(repo, initialize=False)  # the load lasts until the test ends it
+    s = launch(repo, "--model-control-mode=explicit", "--load-model=add_sub")
     try:
         wait_for(lambda: s.status("/v2/health/ready") == 200)
         loader = httpclient.InferenceServerClient(f"127.0.0.1:{s.http}", network_timeout=60)
@@ -227,14 +275,14 @@ def test_a_slow_load_call_does_not_stall_other_clients(tmp_path: Path) -> None:
             i.set_data_from_numpy(a)
         with ThreadPoolExecutor(1) as pool:
             load = pool.submit(loader.load_model, "slow")
-            time.sleep(0.3)
-            answered = 0
-            while not load.done():
+            wait_for(lambda: (gates / "initializing").exists())
+            for _ in range(10):
                 assert other.infer("add_sub", inputs).as_numpy("OUTPUT0").sum() == 32
-                answered += 1
-            load.result()
-        assert answered > 5  # served all through the 2 s load
+            assert not load.done()  # all ten were answered while the load ran
+            open_gate(gates, "initialize")
+            load.result(timeout=60)
         assert other.is_model_ready("slow")
     finally:
+        open_gate(gates, "initialize")
         s.proc.terminate()
         s.proc.wait(30)

@@ -117,7 +117,7 @@ async def test_config_defaults_like_triton(tmp_path: Path) -> None:
         md = s.model_metadata("add_sub")
         assert md["platform"] == "python"
         assert md["inputs"][0] == {"name": "INPUT0", "datatype": "INT32", "shape": [-1, 16]}
-        assert s.metadata()["name"] == "torchtide"
+        assert s.metadata()["name"] == "triton"
     finally:
         await s.stop()
 

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
+import errno
 import json
 import logging
 import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torchtide import __version__
+from torchtide.frontends.limits import GrpcLimits, HttpLimits
+
+if TYPE_CHECKING:
+    from torchtide.app import ListenError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -24,13 +31,6 @@ _IGNORED_FLAGS = frozenset(
         "--grpc-infer-thread-count",
         "--http-header-forward-pattern",
         "--grpc-header-forward-pattern",
-        "--http-restricted-api",
-        "--grpc-restricted-protocol",
-        "--grpc-use-ssl",
-        "--grpc-use-ssl-mutual",
-        "--grpc-server-cert",
-        "--grpc-server-key",
-        "--grpc-root-cert",
         "--metrics-interval-ms",
         "--metrics-config",
         "--trace-config",
@@ -43,7 +43,6 @@ _IGNORED_FLAGS = frozenset(
         "--backend-directory",
         "--repoagent-directory",
         "--model-config-name",
-        "--id",
         "--buffer-manager-thread-count",
         "--model-load-thread-count",
         "--min-supported-compute-capability",
@@ -57,6 +56,20 @@ _IGNORED_FLAGS = frozenset(
         "--allow-vertex-ai",
         "--sagemaker-port",
         "--vertex-ai-port",
+    )
+)
+
+# tritonserver's security flags. One that serve_parser does not define is refused: a deployment
+# copied from Triton that relies on it must not run open. Defining it in the parser accepts it.
+_SECURITY_FLAGS = frozenset(
+    (
+        "--http-restricted-api",
+        "--grpc-restricted-protocol",
+        "--grpc-use-ssl",
+        "--grpc-use-ssl-mutual",
+        "--grpc-server-cert",
+        "--grpc-server-key",
+        "--grpc-root-cert",
     )
 )
 
@@ -82,6 +95,60 @@ def _add_bool(p: argparse.ArgumentParser, flag: str, default: bool, help: str) -
     )
 
 
+def _repository(text: str) -> Path | str:
+    """A local folder, or an s3://, gs:// or as:// URL (checked here, synced by the server)."""
+    from torchtide.repository_remote import RemoteError, is_remote, parse_url
+
+    if not is_remote(text):
+        return Path(text)
+    try:
+        parse_url(text)
+    except RemoteError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _count(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{value}'")
+    return n
+
+
+def _seconds(value: str) -> float:
+    t = float(value)
+    if not t >= 0:
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0 (0: no limit), got '{value}'")
+    return t
+
+
+def _add_limits(p: argparse.ArgumentParser) -> None:
+    """Ours (tritonserver has none of these): what one client may hold; README "Limits"."""
+    h, g = HttpLimits(), GrpcLimits()
+    for flag, default, text in (
+        ("header", h.header_timeout_s, "for a request's headers (or a first request), else 408"),
+        ("body", h.body_timeout_s, "for more of a request body after a pause, else 408"),
+        ("idle", h.idle_timeout_s, "before an idle keep-alive connection is closed"),
+    ):
+        p.add_argument(
+            f"--http-{flag}-timeout-secs", type=_seconds, default=default, help=f"wait {text}"
+        )
+    p.add_argument(
+        "--http-max-connections",
+        type=_count,
+        default=h.max_connections,
+        help="open HTTP connections; more are answered 503 and closed",
+    )
+    for flag, default, text in (
+        ("message-size", g.max_message_size, "bytes of a request message, also decompressed"),
+        ("header-list-size", g.max_header_list_size, "bytes of a request's header block"),
+        ("concurrent-streams", g.max_concurrent_streams, "open streams per connection"),
+        ("control-frames", g.max_control_frames, "SETTINGS/PING/... frames per connection/10 s"),
+        ("resets", g.max_resets, "streams a client resets while served, beyond those answered"),
+    ):
+        p.add_argument(f"--grpc-max-{flag}", type=_count, default=default, help=text)
+
+
 def serve_parser(prog: str = "torchtide serve") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
@@ -94,9 +161,17 @@ def serve_parser(prog: str = "torchtide serve") -> argparse.ArgumentParser:
         "--model-store",
         dest="repositories",
         action="append",
-        type=Path,
+        type=_repository,
         metavar="PATH",
-        help="model repository (repeatable)",
+        help="model repository: a folder, or s3://, gs://, as:// (repeatable)",
+    )
+    p.add_argument(
+        "--model-cache-dir",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="where remote repositories are mirrored (ours; default: $TORCHTIDE_MODEL_CACHE_DIR, "
+        "$XDG_CACHE_HOME/torchtide/models or /tmp/torchtide-cache)",
     )
     p.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default="none")
     p.add_argument("--repository-poll-secs", type=float, default=15.0)
@@ -126,6 +201,7 @@ def serve_parser(prog: str = "torchtide serve") -> argparse.ArgumentParser:
     p.add_argument("--grpc-address", default="0.0.0.0")
     p.add_argument("--metrics-address", default="0.0.0.0")
     p.add_argument("--http-max-input-size", type=int, default=64 * 2**20, metavar="BYTES")
+    _add_limits(p)
     _add_bool(p, "--allow-client-shm", False, "allow clients to register shared memory")
     p.add_argument("--log-verbose", type=int, default=0, metavar="LEVEL")
     _add_bool(p, "--log-info", True, "log info messages")
@@ -138,7 +214,110 @@ def serve_parser(prog: str = "torchtide serve") -> argparse.ArgumentParser:
         help="'json' (ours) writes JSON lines",
     )
     p.add_argument("--log-file", default="", metavar="PATH")
+    p.add_argument(
+        "--server-name",
+        "--id",
+        dest="server_name",
+        default="triton",
+        metavar="NAME",
+        help="the 'name' server metadata reports (ours; tritonserver's --id). Clients and "
+        "Triton's example scripts check for 'triton'; torchtide's version is in 'version'",
+    )
+    _add_security_flags(p)
     return p
+
+
+def _add_security_flags(p: argparse.ArgumentParser) -> None:
+    from torchtide.access import GROUP_NAMES
+
+    groups = ", ".join(GROUP_NAMES)
+    p.add_argument(
+        "--http-restricted-api",
+        action="append",
+        default=[],
+        metavar="APIS:KEY=VALUE",
+        help="as tritonserver: the comma-separated API groups need header KEY with VALUE "
+        f"(else 403); repeatable, a group at most once. Groups: {groups}",
+    )
+    p.add_argument(
+        "--grpc-restricted-protocol",
+        action="append",
+        default=[],
+        metavar="APIS:KEY=VALUE",
+        help="as tritonserver: the groups need metadata 'triton-grpc-protocol-KEY' with VALUE "
+        "(else UNAVAILABLE); repeatable",
+    )
+    p.add_argument(
+        "--auth-token-file",
+        type=Path,
+        metavar="PATH",
+        help="bearer tokens, lines '<api>[,<api>...]:<token>' ('*' = all groups); every group "
+        "not in --auth-open-api then needs 'Authorization: Bearer <token>'. Re-read on change",
+    )
+    p.add_argument(
+        "--auth-open-api",
+        default="health",
+        metavar="APIS",
+        help="API groups that need no bearer token ('' for none)",
+    )
+    for proto, ours in (("grpc", ""), ("http", " (ours; tritonserver has no HTTP TLS)")):
+        _add_bool(p, f"--{proto}-use-ssl", False, f"serve {proto.upper()} over TLS{ours}")
+        _add_bool(
+            p,
+            f"--{proto}-use-ssl-mutual",
+            False,
+            f"{proto.upper()} over TLS, requiring client certificates signed by "
+            f"--{proto}-root-cert (implies --{proto}-use-ssl)",
+        )
+        p.add_argument(f"--{proto}-server-cert", default="", metavar="PATH", help="PEM cert")
+        p.add_argument(f"--{proto}-server-key", default="", metavar="PATH", help="PEM key")
+        p.add_argument(
+            f"--{proto}-root-cert", default="", metavar="PATH", help="PEM CAs for client certs"
+        )
+
+
+def security_options(args: argparse.Namespace, log: logging.Logger) -> dict[str, object]:
+    """AppOptions' security fields from the flags; ValueError names a bad flag value."""
+    from torchtide.access import Restrictions, parse_groups, parse_restriction
+
+    http: Restrictions = {}
+    for arg in args.http_restricted_api:
+        parse_restriction(arg, "http-restricted-api", grpc=False, into=http)
+    grpc: Restrictions = {}
+    for arg in args.grpc_restricted_protocol:
+        parse_restriction(arg, "grpc-restricted-protocol", grpc=True, into=grpc)
+    return {
+        "http_restricted": http,
+        "grpc_restricted": grpc,
+        "auth_token_file": args.auth_token_file,
+        "auth_open_apis": parse_groups(args.auth_open_api),
+        "http_tls": _tls(args, "http", log),
+        "grpc_tls": _tls(args, "grpc", log),
+    }
+
+
+def _tls(args: argparse.Namespace, proto: str, log: logging.Logger) -> object:
+    from torchtide.tls import TlsOptions
+
+    mutual = getattr(args, f"{proto}_use_ssl_mutual")
+    use = getattr(args, f"{proto}_use_ssl") or mutual  # mutual preempts, as in tritonserver
+    cert, key, root = (
+        getattr(args, f"{proto}_{n}") for n in ("server_cert", "server_key", "root_cert")
+    )
+    if not use:
+        if cert or key or root:
+            log.warning(
+                "--%s-server-cert/-key/--%s-root-cert are ignored unless --%s-use-ssl is true",
+                proto,
+                proto,
+                proto,
+            )
+        return None
+    if not cert or not key:
+        raise ValueError(f"--{proto}-use-ssl needs --{proto}-server-cert and --{proto}-server-key")
+    if mutual and not root:
+        raise ValueError(f"--{proto}-use-ssl-mutual needs --{proto}-root-cert")
+    return TlsOptions(Path(cert), Path(key), Path(root) if root else None, mutual)
 
 
 class _JsonFormatter(logging.Formatter):
@@ -176,38 +355,102 @@ def setup_logging(args: argparse.Namespace) -> logging.Logger:
     return logger
 
 
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _sort_unknown(parser: argparse.ArgumentParser, unknown: list[str]) -> tuple[list[str], str]:
+    """Splits what the parser did not know into tritonserver flags accepted with a warning, and
+    the one-line error for the rest ('' when there is none)."""
+    flags = [s for a in parser._actions for s in a.option_strings if s.startswith("--")]
+    ignored: list[str] = []
+    problems: list[str] = []
+    i = 0
+    while i < len(unknown):
+        token = unknown[i]
+        name = token.split("=", 1)[0]
+        i += 1
+        if name in _IGNORED_FLAGS:
+            if "=" not in token and i < len(unknown) and not unknown[i].startswith("-"):
+                token, i = f"{token} {unknown[i]}", i + 1  # its value
+            ignored.append(token)
+        elif name in _SECURITY_FLAGS:
+            problems.append(
+                f"{name} is a tritonserver security flag that torchtide does not implement yet; "
+                "refusing to start rather than serve without it"
+            )
+        elif name.startswith("-"):
+            hint = _did_you_mean(name, sorted({*flags, *_IGNORED_FLAGS, *_SECURITY_FLAGS}))
+            problems.append(f"unknown flag '{name}'{hint}")
+        else:
+            problems.append(f"unexpected argument '{token}'")
+    return ignored, "; ".join(problems)
+
+
+def _listen_error_line(e: ListenError) -> str:
+    flag = f"--{e.frontend}"
+    if e.errno == errno.EADDRINUSE:
+        return (
+            f"{e.frontend} port {e.port} is already in use on {e.host} (another server?); "
+            f"choose another with {flag}-port, or turn it off with --allow-{e.frontend}=false"
+        )
+    return (
+        f"cannot listen for {e.frontend} on {e.host}:{e.port}: {e.reason} "
+        f"(see {flag}-address and {flag}-port)"
+    )
+
+
 def cmd_serve(argv: list[str], prog: str = "torchtide serve") -> int:
     parser = serve_parser(prog)
     args, unknown = parser.parse_known_args(argv)
+    ignored, refused = _sort_unknown(parser, unknown)
+    if refused:
+        print(f"{prog}: error: {refused}", file=sys.stderr)
+        return EXIT_USAGE
     log = setup_logging(args)
-    if unknown:
-        known = [u for u in unknown if u.split("=")[0] in _IGNORED_FLAGS]
-        other = [u for u in unknown if u not in known]
-        if known:
-            log.warning("accepted but not implemented tritonserver flags: %s", " ".join(known))
-        if other:
-            log.warning("unknown flags ignored: %s", " ".join(other))
+    if ignored:
+        log.warning("accepted but not implemented tritonserver flags: %s", " ".join(ignored))
     if not args.repositories:
         parser.error("--model-repository is required")
-    missing = [r for r in args.repositories if not r.is_dir()]
+    local = [r for r in args.repositories if isinstance(r, Path)]
+    remote = [r for r in args.repositories if isinstance(r, str)]
+    missing = [r for r in local if not r.is_dir()]
     if missing:
         log.error("model repository '%s' does not exist", missing[0])
         return EXIT_USAGE
+    from torchtide.repository_remote import RemoteError, parse_url, require_package
 
-    from torchtide.app import App, AppOptions
-    from torchtide.logsettings import LogSettings
+    try:
+        for url in remote:
+            require_package(parse_url(url))
+    except RemoteError as e:
+        log.error("%s", e)
+        return EXIT_USAGE
+
+    from torchtide.access import TokenFileError
+    from torchtide.app import App, AppOptions, ListenError
+    from torchtide.logsettings import LogSettings, model_table
     from torchtide.server import ServerOptions
+    from torchtide.tls import TlsError
 
+    try:
+        security = security_options(args, log)
+    except ValueError as bad:
+        parser.error(str(bad))
     fmt = args.log_format if args.log_format != "json" else "default"
     options = AppOptions(
         server=ServerOptions(
-            repositories=args.repositories,
+            repositories=local,
+            remote_repositories=remote,
+            model_cache_dir=args.model_cache_dir,
             control_mode=args.model_control_mode,
             startup_models=args.load_model,
             strict_readiness=args.strict_readiness,
             auto_complete=not args.disable_auto_complete_config,
             exit_timeout_s=args.exit_timeout_secs,
             poll_secs=args.repository_poll_secs,
+            server_name=args.server_name,
         ),
         http_port=args.http_port if args.allow_http else None,
         grpc_port=args.grpc_port if args.allow_grpc else None,
@@ -217,6 +460,20 @@ def cmd_serve(argv: list[str], prog: str = "torchtide serve") -> int:
         metrics_address=args.metrics_address,
         http_max_input_size=args.http_max_input_size,
         allow_client_shm=args.allow_client_shm,
+        **security,  # type: ignore[arg-type]
+        http_limits=HttpLimits(
+            header_timeout_s=args.http_header_timeout_secs,
+            body_timeout_s=args.http_body_timeout_secs,
+            idle_timeout_s=args.http_idle_timeout_secs,
+            max_connections=args.http_max_connections,
+        ),
+        grpc_limits=GrpcLimits(
+            max_message_size=args.grpc_max_message_size,
+            max_header_list_size=args.grpc_max_header_list_size,
+            max_concurrent_streams=args.grpc_max_concurrent_streams,
+            max_control_frames=args.grpc_max_control_frames,
+            max_resets=args.grpc_max_resets,
+        ),
     )
 
     async def main() -> int:
@@ -234,18 +491,21 @@ def cmd_serve(argv: list[str], prog: str = "torchtide serve") -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await app.start()
-        for name, fe in app.frontends.items():
-            log.info("started %s on port %d", name, fe.port)
-        failed = [e for e in app.server.repository_index() if e.get("state") == "UNAVAILABLE"]
-        for e in failed:
-            log.error(
-                "model '%s' version %s is UNAVAILABLE: %s",
-                e["name"],
-                e.get("version"),
-                e.get("reason"),
-            )
-        if failed and args.exit_on_error:
+        try:
+            await app.start()  # each listener and each model's load announce themselves
+        except (TlsError, TokenFileError) as bad:
+            log.error("%s", bad)
+            return EXIT_USAGE
+        except ListenError as listen_error:
+            print(f"{prog}: error: {_listen_error_line(listen_error)}", file=sys.stderr)
+            return EXIT_FAIL
+        index = app.server.repository_index()
+        log.info("\n%s", model_table(index))
+        # Each failed load was logged once, when it failed.
+        failed = [e for e in index if e.get("state") == "UNAVAILABLE"]
+        if (failed or app.server.remotes.errors()) and args.exit_on_error:
+            names = sorted({str(e["name"]) for e in failed}) or ["a model repository"]
+            log.error("exiting: %s failed to load (--exit-on-error)", ", ".join(names))
             await app.stop(0)
             return EXIT_FAIL
         await stop.wait()
@@ -315,7 +575,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     cmd = COMMANDS.get(argv[0])
     if cmd is None:
-        print(f"torchtide: unknown command '{argv[0]}' (see 'torchtide --help')", file=sys.stderr)
+        hint = _did_you_mean(argv[0], list(COMMANDS))
+        print(
+            f"torchtide: unknown command '{argv[0]}'{hint} (see 'torchtide --help')",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     result: int = cmd[1](argv[1:])  # type: ignore[operator]
     return result

@@ -6,6 +6,7 @@ There is no second schema: `ModelSpec` is a small read-only view precomputed for
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from dataclasses import dataclass
@@ -114,15 +115,33 @@ _INT_RE = re.compile(r"-?\d+")
 _STRING_KEYS = {"name", "string_value", "label_filename", "default_model_filename", "key"}
 
 
+def _names(full_name: str, message: bool) -> list[str]:
+    """The field names of a ModelConfig message type, or the value names of an enum type."""
+    pool = mc.DESCRIPTOR.pool
+    try:
+        if message:
+            return [f.name for f in pool.FindMessageTypeByName(full_name).fields]
+        return [v.name for v in pool.FindEnumTypeByName(full_name).values]
+    except KeyError:
+        return []
+
+
+def _did_you_mean(word: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(word, names, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 def _explain_parse_error(msg: str) -> str:
     m = re.match(r'(\d+):(\d+) : Message type "([\w.]+)" has no field named "(\w+)"', msg)
     if m:
         line, col, typ, field = m.groups()
-        return f"line {line}:{col}: unknown field '{field}' in {typ}"
+        hint = _did_you_mean(field, _names(typ, message=True))
+        return f"line {line}:{col}: unknown field '{field}' in {typ}{hint}"
     m = re.match(r'(\d+):(\d+) : .*Enum type "([\w.]+)" has no value named (\w+)', msg)
     if m:
         line, col, typ, value = m.groups()
-        return f"line {line}:{col}: invalid value '{value}' for {typ}"
+        hint = _did_you_mean(value, _names(typ, message=False))
+        return f"line {line}:{col}: invalid value '{value}' for {typ}{hint}"
     m = re.match(r"(\d+):(\d+) : (.*)", msg, re.S)
     if m:
         line, col, rest = m.groups()
@@ -133,15 +152,27 @@ def _explain_parse_error(msg: str) -> str:
 # --------------------------------------------------------------------------- completion
 
 
-def resolve_backend(cfg: ModelConfig, model_dir: Path, versions: list[int]) -> str:
+def config_source(model_dir: Path, override: bool, from_file: bool) -> str:
+    """What error messages name as the config: the file, or the folder when there is none."""
+    if override:
+        return f"{model_dir} (config from the load request)"
+    if from_file:
+        return str(model_dir / CONFIG_FILE)
+    return f"{model_dir} (no {CONFIG_FILE})"
+
+
+def resolve_backend(
+    cfg: ModelConfig, model_dir: Path, versions: list[int], source: str | None = None
+) -> str:
     """The backend named by `backend`/`platform`, else guessed from the model files."""
+    source = source or str(model_dir / CONFIG_FILE)
     if cfg.backend:
         return str(cfg.backend)
     if cfg.platform:
         backend = PLATFORM_BACKEND.get(cfg.platform)
         if backend is None:
             raise ConfigError(
-                f"{model_dir / CONFIG_FILE}: platform: unsupported platform '{cfg.platform}' "
+                f"{source}: platform: unsupported platform '{cfg.platform}' "
                 f"(supported: {', '.join(sorted(PLATFORM_BACKEND))})"
             )
         return backend
@@ -152,7 +183,7 @@ def resolve_backend(cfg: ModelConfig, model_dir: Path, versions: list[int]) -> s
             if backend is not None and (model_dir / str(v) / fname).exists():
                 return backend
     raise ConfigError(
-        f"{model_dir / CONFIG_FILE}: backend: neither 'backend' nor 'platform' is set and no "
+        f"{source}: backend: neither 'backend' nor 'platform' is set and no "
         f"model file ({', '.join(FILE_BACKEND)}) was found in the version folders"
     )
 
@@ -222,7 +253,9 @@ def _cpu_layout(cfg: ModelConfig, backend: str, cores: int) -> None:
 # --------------------------------------------------------------------------- validation
 
 
-def validate(cfg: ModelConfig, source: str, gpu_count: int) -> None:
+def validate(
+    cfg: ModelConfig, source: str, gpu_count: int, model_dir: Path | None = None
+) -> None:
     """Raise ConfigError naming the first problem found."""
 
     def fail(field: str, what: str) -> None:
@@ -263,7 +296,7 @@ def validate(cfg: ModelConfig, source: str, gpu_count: int) -> None:
             if t.HasField("reshape"):
                 _check_reshape(t, fail, where)
             if kind == "output" and t.label_filename:
-                p = Path(source).parent / t.label_filename
+                p = (model_dir or Path(source).parent) / t.label_filename
                 if not p.is_file():
                     fail(f"{where} label_filename", f"file '{p}' not found")
     if cfg.HasField("dynamic_batching"):

@@ -59,7 +59,8 @@ class LogSettings:
                     raise invalid_arg(f"expecting a string for 'log_file', got {value!r}")
                 if value != self.values["log_file"]:
                     raise invalid_arg(
-                        "changing log_file at run time is not supported; use --log-file"
+                        "log_file cannot be changed over the network (a client could make the "
+                        "server write any file); start the server with --log-file"
                     )
             else:
                 raise invalid_arg(f"unknown logging setting '{key}'")
@@ -81,3 +82,24 @@ class LogSettings:
         else:
             level = logging.CRITICAL + 1
         self.logger.setLevel(level)
+
+
+def model_table(index: list[dict[str, Any]]) -> str:
+    """The model / version / status table tritonserver logs once started, from the repository
+    index: one row per known version; a failed one reads `UNAVAILABLE: <reason>`. Models never
+    loaded (explicit mode) are left out, as Triton leaves them out."""
+    rows = [("Model", "Version", "Status")]
+    for e in index:
+        if "state" not in e:
+            continue
+        status = e["state"] + (f": {e['reason']}" if e.get("reason") else "")
+        rows.append((e["name"], e.get("version") or "-", status))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+    lines = [rule]
+    for k, row in enumerate(rows):
+        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+        if k == 0:
+            lines.append(rule)
+    lines.append(rule)
+    return "\n".join(lines)

@@ -84,18 +84,20 @@ def prepare(
 
     Runs off the event loop: auto-complete may import model.py or open the model file.
     """
-    source = str(model_dir / cfgmod.CONFIG_FILE)
     cfg = override if override is not None else cfgmod.read_config(model_dir)
+    source = cfgmod.config_source(model_dir, override is not None, cfg is not None)
     if cfg is None:
         if not auto_complete:
-            raise ConfigError(f"{source}: not found (and auto-complete is disabled)")
+            raise ConfigError(
+                f"{model_dir / cfgmod.CONFIG_FILE}: not found (and auto-complete is disabled)"
+            )
         cfg = cfgmod.new_config(name)
     if cfg.name and cfg.name != name:
         raise ConfigError(
             f"{source}: name: '{cfg.name}' does not match the model's folder name '{name}'"
         )
     available = version_dirs(model_dir)
-    backend_name = cfgmod.resolve_backend(cfg, model_dir, available)
+    backend_name = cfgmod.resolve_backend(cfg, model_dir, available, source)
     try:
         backend = get_backend(backend_name)
     except ServerError as e:
@@ -127,5 +129,5 @@ def prepare(
         if cfg.max_batch_size != max_batch_size:
             completed["max_batch_size"] = backend.completes_from
         cfgmod.complete_defaults(cfg, name, backend_name, gpu_count, cpu_count)
-    cfgmod.validate(cfg, source, gpu_count)
+    cfgmod.validate(cfg, source, gpu_count, model_dir)
     return Prepared(cfg, backend, versions, files, completed)

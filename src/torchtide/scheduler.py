@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -22,6 +23,8 @@ from torchtide.backends.base import Result, Timing, Work
 from torchtide.errors import ServerError, Status, unavailable
 from torchtide.instances import InstanceRunner
 from torchtide.stats import ModelStats
+
+log = logging.getLogger("torchtide.scheduler")
 
 
 class State(Enum):
@@ -373,6 +376,7 @@ class Scheduler:
             "service"
         )
         self.dead[inst.info.name] = why
+        log.error("%s%s", why, "" if self.alive else "; no instance left: the model is UNAVAILABLE")
         self._running -= 1
         now = time.monotonic_ns()
         err = ServerError(Status.UNAVAILABLE, why)

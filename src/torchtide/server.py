@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -21,6 +22,7 @@ from torchtide.errors import ServerError, Status, invalid_arg, not_found, unavai
 from torchtide.instances import InstanceRunner, instance_infos
 from torchtide.logsettings import LogSettings
 from torchtide.repository import Prepared, prepare, scan, version_dirs
+from torchtide.repository_remote import RemoteRepositories
 from torchtide.served import ServedVersion
 from torchtide.shm import SharedMemoryRegistry
 from torchtide.types import InferRequest, InferResponse, InferTensor, RequestedOutput
@@ -63,6 +65,9 @@ class ServerOptions:
     gpu_count: int = -1  # -1: detect
     cpu_count: int = 0  # 0: detect (os.cpu_count)
     latency_histograms: bool = True  # beyond Triton: per-stage latency histograms (metrics)
+    server_name: str = "triton"  # metadata "name": clients and Triton's examples check it
+    remote_repositories: list[str] = field(default_factory=list)  # s3://, gs://, as:// URLs
+    model_cache_dir: Path | None = None  # where remote repositories are mirrored (None: default)
 
 
 @dataclass
@@ -102,15 +107,23 @@ class InferenceServer:
         # Client-registered shared memory; CUDA regions only when torch sees a GPU.
         self.shm = SharedMemoryRegistry(load_cuda_runtime() if self.gpu_count > 0 else None)
         self.log_settings = LogSettings()
+        self.remotes = RemoteRepositories(options.remote_repositories, options.model_cache_dir)
+
+    def _repository_paths(self) -> list[Path]:
+        """The folders to scan: local repositories, then the mirrors of remote ones."""
+        return [*self.options.repositories, *self.remotes.paths()]
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         """Load the start-up models (all of them unless control mode is explicit)."""
         self._started = True
-        names, dupes = scan(self.options.repositories)
+        if self.remotes:
+            await asyncio.to_thread(self.remotes.sync)
+        names, dupes = scan(self._repository_paths())
         for name, reason in dupes.items():
             self.models[name] = ModelRecord(name, None, error=reason)
+            log.error("failed to load '%s': %s", name, reason)
         if self.options.control_mode == "explicit":
             wanted = self.options.startup_models
             targets = sorted(names) if "*" in wanted else list(dict.fromkeys(wanted))
@@ -134,7 +147,9 @@ class InferenceServer:
     async def poll_once(self) -> None:
         """Apply what changed on disk: new models load, removed ones unload, changed ones reload
         (beside the old version, which keeps serving if the new one is broken)."""
-        names, dupes = await asyncio.to_thread(scan, self.options.repositories)
+        if self.remotes:
+            await asyncio.to_thread(self.remotes.sync)
+        names, dupes = await asyncio.to_thread(scan, self._repository_paths())
         prints = await asyncio.to_thread(lambda: {n: fingerprint(d) for n, d in names.items()})
         for name in [n for n in self.models if n not in names]:
             await self.unload_model(name)  # its folder is gone: drain, release, forget
@@ -147,10 +162,8 @@ class InferenceServer:
                 await self._load_quietly(name)
 
     async def _load_quietly(self, name: str) -> None:
-        try:
+        with contextlib.suppress(ServerError):  # logged once where it failed (_load_locked)
             await self.load_model(name)
-        except ServerError as e:
-            log.error("%s", e.message)
 
     async def stop(self, timeout: float | None = None) -> bool:
         """Stop accepting, drain in-flight work within `timeout`, then unload everything.
@@ -178,6 +191,8 @@ class InferenceServer:
             return False
         if not self.options.strict_readiness:
             return True
+        if not self.remotes.ready():
+            return False  # a remote repository that never answered: its models are missing
         # Ready when every model that should serve serves at least one version: a broken new
         # version beside a serving one does not make the whole server unready (unlike Triton).
         # A model still loading counts only while it serves nothing: a version switch keeps the
@@ -194,7 +209,7 @@ class InferenceServer:
         extensions = list(EXTENSIONS)
         if self.shm.cuda is not None:
             extensions.insert(extensions.index("system_shared_memory") + 1, "cuda_shared_memory")
-        return {"name": "torchtide", "version": __version__, "extensions": extensions}
+        return {"name": self.options.server_name, "version": __version__, "extensions": extensions}
 
     def resolve(self, name: str, version: str = "") -> ServedVersion:
         record = self.models.get(name)
@@ -300,7 +315,7 @@ class InferenceServer:
     # ------------------------------------------------------------------ repository
 
     def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
-        names, _ = scan(self.options.repositories)
+        names, _ = scan(self._repository_paths())
         entries: list[dict[str, Any]] = []
         for name in sorted(set(names) | set(self.models)):
             record = self.models.get(name)
@@ -371,13 +386,18 @@ class InferenceServer:
                 override = cfgmod.parse_json(config_json, f"load request for '{name}': config")
             except ConfigError as e:
                 raise invalid_arg(str(e)) from None
+        if self.remotes:
+            await asyncio.to_thread(self.remotes.sync, name)
         if files:
             self._write_files(name, files)
         await self.load_model(name, override=override)
 
     def _write_files(self, name: str, files: dict[str, bytes]) -> None:
-        names, _ = scan(self.options.repositories)
-        model_dir = names.get(name) or (self.options.repositories[0] / name)
+        paths = self._repository_paths()
+        if not paths:
+            raise unavailable("no model repository is available to write the files into")
+        names, _ = scan(paths)
+        model_dir = names.get(name) or (paths[0] / name)
         for rel, content in files.items():
             target = (model_dir / rel).resolve()
             if model_dir.resolve() not in target.parents:
@@ -400,13 +420,17 @@ class InferenceServer:
             await self._load_locked(name, override)
 
     async def _load_locked(self, name: str, override: ModelConfig | None) -> None:
-        names, dupes = scan(self.options.repositories)
+        names, dupes = scan(self._repository_paths())
         if name in dupes:
+            log.error("failed to load '%s': %s", name, dupes[name])
             raise invalid_arg(dupes[name])
         model_dir = names.get(name)
         if model_dir is None:
+            log.error("failed to load '%s': no such model in the model repository", name)
             raise ServerError(
-                Status.INTERNAL, f"failed to load '{name}', no such model in the model repository"
+                Status.INTERNAL,
+                f"failed to load '{name}', no such model in the model repository"
+                + "".join(f"; {e}" for e in self.remotes.errors()),
             )
         record = self.models.get(name)
         if record is None:
@@ -429,6 +453,8 @@ class InferenceServer:
                 gpu_count=self.gpu_count,
                 cpu_count=self.options.cpu_count,
             )
+            for v in prepared.versions:
+                log.info("%s: %s:%d", "reloading" if v in record.served else "loading", name, v)
             new = await self._instantiate(name, model_dir, prepared)
         except (ConfigError, ServerError) as e:
             msg = e.message if isinstance(e, ServerError) else str(e)
@@ -441,6 +467,8 @@ class InferenceServer:
         record.error = ""
         record.load_seconds = time.perf_counter() - started
         record.states = {v: (ModelState.READY, "") for v in new}
+        for v in new:
+            log.info("successfully loaded '%s' version %d: READY", name, v)
         for v in version_dirs(model_dir):
             if v not in new:
                 record.states.setdefault(
@@ -451,12 +479,24 @@ class InferenceServer:
 
     def _mark_failed(self, record: ModelRecord, msg: str) -> None:
         record.error = msg
+        failed = []
         for v, (state, _) in list(record.states.items()):
             if state is ModelState.LOADING:
                 if v in record.served:
                     record.states[v] = (ModelState.READY, "")
                 else:
                     record.states[v] = (ModelState.UNAVAILABLE, msg)
+                    failed.append(v)
+        for v in failed:
+            log.error("failed to load '%s' version %d: UNAVAILABLE: %s", record.name, v, msg)
+        if not failed:
+            log.error("failed to load '%s': %s", record.name, msg)
+        if record.served:
+            log.warning(
+                "'%s' version(s) %s keep serving",
+                record.name,
+                ", ".join(map(str, sorted(record.served))),
+            )
 
     async def _instantiate(
         self, name: str, model_dir: Path, prepared: Prepared
@@ -468,7 +508,9 @@ class InferenceServer:
                 spec = cfgmod.ModelSpec.of(prepared.config)
                 version_runners = [InstanceRunner(info) for info in instance_infos(prepared.config)]
                 runners.extend(version_runners)
-                await asyncio.gather(
+                # Every load settles before a failure is raised, so the cleanup below finalizes
+                # the instances that did load and no thread answers a loop that has gone.
+                loaded = await asyncio.gather(
                     *(
                         r.load(
                             prepared.backend,
@@ -477,8 +519,12 @@ class InferenceServer:
                             ),
                         )
                         for r in version_runners
-                    )
+                    ),
+                    return_exceptions=True,
                 )
+                for outcome in loaded:
+                    if isinstance(outcome, BaseException):
+                        raise outcome
                 if prepared.config.model_warmup:
                     await warm_up(prepared.config, version_runners, model_dir)
                 built[v] = ServedVersion(
@@ -515,8 +561,12 @@ class InferenceServer:
             old = list(record.served.values())
             record.served = {}
             record.states = {v.version: (ModelState.UNLOADING, "") for v in old}
+            for sv in old:
+                log.info("unloading: %s:%d", name, sv.version)
             await self._retire(old)
             record.states = {v.version: (ModelState.UNAVAILABLE, "unloaded") for v in old}
+            for sv in old:
+                log.info("successfully unloaded '%s' version %d", name, sv.version)
 
 
 def fingerprint(model_dir: Path) -> tuple[Any, ...]:

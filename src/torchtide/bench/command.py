@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from torchtide.bench.shm import SharedMemory
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report a SIGINT
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001}
 
 
@@ -70,7 +71,8 @@ def parser() -> argparse.ArgumentParser:
         "request rates and reports throughput, latency percentiles, errors, the server-side "
         "time split (statistics extension) and this tool's own CPU cost per request.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        epilog="Exit status: 0 success, 1 a step had errors, 2 usage error or unreachable server.",
+        epilog="Exit status: 0 success, 1 a step had errors or the server was lost during a "
+        "step, 2 usage error or unreachable server, 130 interrupted (Ctrl-C).",
     )
     p.add_argument("model", help="model name")
     p.add_argument("-u", "--url", help="HOST:PORT (default localhost:8000 http, :8001 grpc)")
@@ -281,7 +283,8 @@ async def run_steps(
     batch_size: int,
     err: Console,
 ) -> tuple[list[StepResult], str | None]:
-    """Every step in turn; a lost server ends the sweep with the steps done so far."""
+    """Every step in turn; a lost server ends the step, and the sweep with the steps done so
+    far."""
     runner = Runner(
         transport,
         requests,
@@ -302,12 +305,16 @@ async def run_steps(
         live = LiveProgress(err, args.warmup, args.duration)
         runner.on_tick = live.tick
         live.__enter__()
+    label = ""
     try:
         for step in steps_of(args):
+            label = step.label
             result = await runner.run_step(step)
             results.append(result)
             if live is not None:
                 live.finish(step, result)
+    except Unreachable as e:
+        return results, f"lost the server during {label}: {e}"
     except (OSError, TransportError) as e:
         return results, f"{type(e).__name__}: {e}"
     finally:
@@ -405,4 +412,4 @@ def cmd_bench(argv: list[str]) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         say(err, "torchtide bench: interrupted")
-        return EXIT_ERRORS
+        return EXIT_INTERRUPTED

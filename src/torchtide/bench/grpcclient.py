@@ -5,7 +5,9 @@ infer call sends those bytes and drops the response bytes (no protobuf work per 
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -32,13 +34,16 @@ _CODE_NAMES = {c.value[0]: c.name for c in grpc.StatusCode}
 
 
 class GrpcWorker:
-    def __init__(self, infer: Any) -> None:
+    def __init__(self, infer: Any, reachable: Callable[[], Awaitable[None]]) -> None:
         self._infer = infer  # a raw unary-unary callable: bytes in, bytes out
+        self._reachable = reachable
 
     async def infer(self, request: bytes) -> str | None:
         try:
             await self._infer(request)
         except grpc.aio.AioRpcError as e:
+            if e.code() is grpc.StatusCode.UNAVAILABLE:
+                await self._reachable()  # UNAVAILABLE from a live server, or no server at all
             return _rpc_error(e)
         return None
 
@@ -46,13 +51,50 @@ class GrpcWorker:
         pass
 
 
+class NativeChannel:
+    """One lean HTTP/2 connection that workers share. Once it is lost (closed, reset, GOAWAY),
+    the next call reconnects, one attempt shared by every worker waiting; a refused reconnect
+    raises Unreachable: the server is gone."""
+
+    def __init__(self, host: str, port: int, target: str, timeout: float) -> None:
+        self.host, self.port, self.target, self.timeout = host, port, target, timeout
+        self.client: H2GrpcClient | None = None
+        self._lock = asyncio.Lock()
+
+    async def connect(self) -> H2GrpcClient:
+        async with self._lock:
+            client = self.client
+            if client is not None and client.transport is not None and client.error is None:
+                return client  # another worker reconnected meanwhile
+            if client is not None:
+                client.close()
+                self.client = None
+            try:
+                client = await asyncio.wait_for(
+                    H2GrpcClient.connect(self.host, self.port), self.timeout
+                )
+            except (OSError, TimeoutError) as e:
+                raise Unreachable(
+                    f"cannot reach the gRPC server at {self.target}: {type(e).__name__}: {e}"
+                ) from None
+            self.client = client
+            return client
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+
+
 class NativeGrpcWorker:
-    def __init__(self, client: H2GrpcClient) -> None:
-        self._client = client
+    def __init__(self, channel: NativeChannel) -> None:
+        self._channel = channel
 
     async def infer(self, request: bytes) -> str | None:
+        client = self._channel.client
+        if client is None or client.transport is None or client.error is not None:
+            client = await self._channel.connect()
         try:
-            status, message = await self._client.unary(INFER_METHOD, request)
+            status, message = await client.unary(INFER_METHOD, request)
         except H2Error as e:
             return f"UNAVAILABLE: {e}"
         if status:
@@ -85,7 +127,7 @@ class GrpcTransport:
         self.target = target
         self.timeout = timeout
         self.host, self.port, self.native = host, port, native
-        self._native: list[H2GrpcClient] = []
+        self._native: list[NativeChannel] = []
         self._native_count = max(1, channels)
         self._native_turn = 0
         self._channels = [
@@ -161,20 +203,31 @@ class GrpcTransport:
         data: bytes = req.SerializeToString()
         return data
 
+    async def reachable(self) -> None:
+        """Raise Unreachable unless something accepts a connection at the server's address."""
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port), self.timeout
+            )
+        except (OSError, TimeoutError) as e:
+            raise Unreachable(
+                f"cannot reach the gRPC server at {self.target}: {type(e).__name__}: {e}"
+            ) from None
+        writer.close()
+
     async def new_worker(self) -> GrpcWorker | NativeGrpcWorker:
         if not self.native:
-            return GrpcWorker(next(self._next))
+            return GrpcWorker(next(self._next), self.reachable)
         if len(self._native) < self._native_count:
-            try:
-                self._native.append(await H2GrpcClient.connect(self.host, self.port))
-            except OSError as e:
-                raise Unreachable(f"cannot reach the gRPC server at {self.target}: {e}") from None
-        client = self._native[self._native_turn % len(self._native)]
+            channel = NativeChannel(self.host, self.port, self.target, self.timeout)
+            await channel.connect()
+            self._native.append(channel)
+        channel = self._native[self._native_turn % len(self._native)]
         self._native_turn += 1
-        return NativeGrpcWorker(client)
+        return NativeGrpcWorker(channel)
 
     async def close(self) -> None:
-        for client in self._native:
-            client.close()
+        for channel in self._native:
+            channel.close()
         for ch in self._channels:
             await ch.close()

@@ -132,16 +132,29 @@ def _dechunk(buf: bytearray, pos: int) -> tuple[bytes, int] | None:
 
 
 class HttpConnection:
-    """One keep-alive connection; reconnects after the server closes it."""
+    """One keep-alive connection; reconnects after the server closes it. A reconnect that fails
+    raises Unreachable: the server is gone (a request that failed on a live connection is only
+    that request's error)."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
         self.host = host
         self.port = port
+        self.timeout = timeout
         self._proto: _Protocol | None = None
 
     async def connect(self) -> None:
         loop = asyncio.get_running_loop()
-        _, proto = await loop.create_connection(_Protocol, self.host, self.port)
+        try:
+            _, proto = await asyncio.wait_for(
+                loop.create_connection(_Protocol, self.host, self.port), self.timeout
+            )
+        except (OSError, TimeoutError) as e:
+            authority = (
+                f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+            )
+            raise Unreachable(
+                f"cannot reach the HTTP server at {authority}: {type(e).__name__}: {e}"
+            ) from None
         self._proto = proto
 
     async def send(self, data: bytes) -> Response:
@@ -255,7 +268,7 @@ class HttpTransport:
         self.authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.binary = binary
         self.timeout = timeout
-        self._control = HttpConnection(host, port)
+        self._control = HttpConnection(host, port, timeout)
         self._workers: list[HttpConnection] = []
 
     async def _call(self, method: str, path: str, doc: Any = None) -> tuple[int, Any]:
@@ -320,7 +333,7 @@ class HttpTransport:
         )
 
     async def new_worker(self) -> HttpConnection:
-        conn = HttpConnection(self.host, self.port)
+        conn = HttpConnection(self.host, self.port, self.timeout)
         await conn.connect()
         self._workers.append(conn)
         return conn

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from torchtide.bench.serverstats import ServerCounters, ServerSplit
-from torchtide.bench.transport import Transport, TransportError, Worker
+from torchtide.bench.transport import Transport, TransportError, Unreachable, Worker
 
 MAX_MESSAGES = 5  # distinct error messages kept per step
 PERCENTILES = (50, 90, 95, 99)
@@ -90,7 +91,18 @@ class StepResult:
 class Recorder:
     """What the workers write during a step. Plain attributes: the hot path stays cheap."""
 
-    __slots__ = ("errors", "issued", "latencies", "messages", "recording", "running", "t0", "total")
+    __slots__ = (
+        "errors",
+        "issued",
+        "latencies",
+        "lost",
+        "messages",
+        "recording",
+        "running",
+        "stopped",
+        "t0",
+        "total",
+    )
 
     def __init__(self) -> None:
         self.latencies: list[int] = []  # ns, successful requests in the window
@@ -101,6 +113,14 @@ class Recorder:
         self.t0 = 1 << 62  # window start (perf_counter_ns); requests started before are warm-up
         self.total = 0  # every completion, for the live display
         self.issued = 0  # open loop: arrivals scheduled inside the window
+        self.lost: str | None = None  # why the server could not be reached: ends the step
+        self.stopped = asyncio.Event()  # set when the step must end early
+
+    def lose(self, why: str) -> None:
+        if self.lost is None:
+            self.lost = why
+        self.running = False
+        self.stopped.set()
 
     def error(self, message: str) -> None:
         self.errors += 1
@@ -166,6 +186,9 @@ class Runner:
             t = pc()
             try:
                 err = await infer(reqs[i])
+            except Unreachable as e:  # the server is gone: the step ends
+                rec.lose(str(e))
+                return
             except Exception as e:  # never let one request end a worker
                 err = f"{type(e).__name__}: {e}"
             end = pc()
@@ -178,15 +201,25 @@ class Runner:
                     lat.append(end - t)
                 else:
                     rec.error(err)
+            if err is not None:
+                # A failing client may answer without ever waiting: give the loop its turn
+                # (timers, other workers, Ctrl-C), or this loop would be all it runs.
+                await asyncio.sleep(0)
 
     async def _one(self, scheduled: int, request: Any, rec: Recorder) -> None:
         try:
             worker = await self._acquire(capped=True)
+        except Unreachable as e:
+            rec.lose(str(e))
+            return
         except Exception as e:
             err: str | None = f"{type(e).__name__}: {e}"
         else:
             try:
                 err = await worker.infer(request)
+            except Unreachable as e:
+                rec.lose(str(e))
+                return
             except Exception as e:
                 err = f"{type(e).__name__}: {e}"
             finally:
@@ -223,6 +256,7 @@ class Runner:
                 i += 1
                 if i == n:
                     i = 0
+            await asyncio.sleep(0)  # behind schedule, no gap waits: let the arrivals run
 
     async def _ticker(self, step: Step, rec: Recorder, phase: list[Phase]) -> None:
         assert self.on_tick is not None
@@ -239,6 +273,14 @@ class Runner:
             self.on_tick(step, current, now - start, rec.total, rate)
             await asyncio.sleep(self.tick_s)
 
+    @staticmethod
+    async def _pause(rec: Recorder, seconds: float) -> None:
+        """Wait `seconds`, or less if the server is lost (then raise Unreachable)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(rec.stopped.wait(), seconds)
+        if rec.lost is not None:
+            raise Unreachable(rec.lost)
+
     async def _stats(self) -> ServerCounters | None:
         try:
             return await self.transport.statistics(self.model, self.version)
@@ -254,6 +296,7 @@ class Runner:
         ticker = (
             loop.create_task(self._ticker(step, rec, phase)) if self.on_tick is not None else None
         )
+        interrupted = False
         try:
             if step.mode is Mode.CONCURRENCY:
                 workers = [await self._acquire(capped=False) for _ in range(int(step.value))]
@@ -263,21 +306,25 @@ class Runner:
             else:
                 tasks = [loop.create_task(self._open(step.value, rec))]
             if self.warmup_s > 0:
-                await asyncio.sleep(self.warmup_s)
+                await self._pause(rec, self.warmup_s)
             before = await self._stats()
             phase[0] = Phase.MEASURE
             cpu0, t0 = time.process_time(), time.perf_counter_ns()
             rec.t0, rec.recording = t0, True
-            await asyncio.sleep(self.duration_s)
+            await self._pause(rec, self.duration_s)
             rec.recording = False
             cpu1, t1 = time.process_time(), time.perf_counter_ns()
             after = await self._stats()
+        except asyncio.CancelledError:  # Ctrl-C: stop now, do not wait for requests in flight
+            interrupted = True
+            raise
         finally:
             phase[0] = Phase.DRAIN
             rec.running = False
             pending = [*tasks, *self._inflight]
             if pending:
-                _, late = await asyncio.wait(pending, timeout=self.grace_s)
+                grace = 0 if interrupted or rec.lost is not None else self.grace_s
+                _, late = await asyncio.wait(pending, timeout=grace)
                 for t in late:
                     t.cancel()
                 if late:

@@ -14,7 +14,7 @@ class TransportError(Exception):
 
 
 class Unreachable(TransportError):
-    """No connection to the server."""
+    """No connection to the server: at start, or lost during a step (which then ends)."""
 
 
 @dataclass(slots=True)
@@ -37,7 +37,8 @@ class Worker(Protocol):
     """One in-flight request at a time (an HTTP connection, or a gRPC stub on a shared channel)."""
 
     async def infer(self, request: Any) -> str | None:
-        """Send a prepared request; None on success, else the error message."""
+        """Send a prepared request; None on success, else the error message. Raises
+        Unreachable when the server cannot be reached at all (a new connection is refused)."""
         ...
 
     def close(self) -> None: ...

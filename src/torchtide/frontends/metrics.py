@@ -58,6 +58,7 @@ class MetricsFrontend:
             self.registry.unregister(self.collector)
             raise
         self.port = int(self._listener.sockets[0].getsockname()[1])
+        log.info("Started Metrics Service at %s:%d", self.host, self.port)
 
     async def stop(self) -> None:
         if self._listener is None:

@@ -8,6 +8,14 @@ for streams; `context.abort`), so the servicers are plain classes over the core.
 
 Each RPC is one task: a client's RST_STREAM or an expired `grpc-timeout` cancels it.
 Request messages may be gzip/deflate compressed (`grpc-encoding`); responses go uncompressed.
+
+What a client may make a connection hold or do is bounded (frontends/limits.py, GrpcLimits): a
+message's size is checked on its 5-byte prefix before it is buffered, and again after
+decompression, which runs off the event loop as does the parsing of large messages; header blocks
+are bounded as they arrive (HEADERS + CONTINUATION) and when decoded; open streams, control frames
+(per FLOOD_WINDOW_S) and streams the client resets while we work on them are counted. Beyond a
+stream's limit the stream ends (RESOURCE_EXHAUSTED, REFUSED_STREAM); beyond a connection's, the
+connection (GOAWAY ENHANCE_YOUR_CALM). The DATA path pays one compare per frame for this.
 """
 
 from __future__ import annotations
@@ -27,10 +35,18 @@ import hpack
 from google.protobuf.message import DecodeError
 
 from torchtide.frontends.grpc import http2 as h2
+from torchtide.frontends.limits import (
+    FLOOD_WINDOW_S,
+    OFFLOAD_PROTOBUF_BYTES,
+    GrpcLimits,
+    TooLarge,
+    inflate,
+)
 
 log = logging.getLogger("torchtide.grpc")
 
 MESSAGE_PREFIX = struct.Struct(">BI")  # compressed flag, length
+PREFIX_SIZE = 5
 _END = object()  # ends a request stream's inbox
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
@@ -76,6 +92,13 @@ class Context:
         self._conn.send_message(self._stream, message.SerializeToString())
 
 
+@dataclass(slots=True, frozen=True)
+class Compressed:
+    """A streamed request message still compressed: inflated off the loop when it is read."""
+
+    data: bytes
+
+
 @dataclass(slots=True, eq=False)
 class Stream:
     id: int
@@ -84,6 +107,8 @@ class Stream:
     send_window: int
     encoding: str = "identity"
     chunks: list[bytes | memoryview] = field(default_factory=list)  # a unary request's body
+    size: int = 0  # bytes in chunks
+    check_at: int = PREFIX_SIZE  # size at which to check it: the prefix, then past the limit
     inbox: asyncio.Queue[Any] | None = None  # a streaming request's messages
     partial: bytearray = field(default_factory=bytearray)  # a streamed message not yet whole
     task: asyncio.Task[None] | None = None
@@ -96,11 +121,23 @@ class Stream:
     local_closed: bool = False
 
 
-class Hub:
-    """What a listener's connections share: the method table and the live connections."""
+# Access control: (path, request headers) → a refusal's status and message, or None.
+Admit = Callable[[str, h2.Headers], "tuple[grpc.StatusCode, str] | None"]
 
-    def __init__(self, methods: dict[str, Method]) -> None:
+
+class Hub:
+    """What a listener's connections share: the method table, limits, access control, and the
+    live connections."""
+
+    def __init__(
+        self,
+        methods: dict[str, Method],
+        limits: GrpcLimits | None = None,
+        admit: Admit | None = None,
+    ) -> None:
         self.methods = methods
+        self.limits = limits or GrpcLimits()
+        self.admit = admit  # asked when a stream opens, before any of its body is buffered
         self.connections: set[GrpcConnection] = set()
         self.idle = asyncio.Event()  # no RPC running on any connection
         self.idle.set()
@@ -123,7 +160,15 @@ class GrpcConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.preface = False
-        self.decoder = h2.HeaderDecoder()
+        self.limits = limits = hub.limits
+        self.max_message = limits.max_message_size
+        self.max_streams = limits.max_concurrent_streams
+        self.decoder = h2.HeaderDecoder(limits.max_header_list_size)
+        self.header_bytes = 0  # of the header block being received, frame headers included
+        self.max_header_payload = limits.max_header_list_size - h2.FRAME_HEADER_SIZE + 1
+        self.control = 0  # control frames counted in the window that began at control_since
+        self.control_since = float("-inf")
+        self.reset_debt = 0  # streams the client reset while we worked, less those answered since
         self.streams: dict[int, Stream] = {}
         self.last_stream_id = 0
         self.continuing: tuple[int, int, list[bytes]] | None = None  # stream, flags, fragments
@@ -146,6 +191,8 @@ class GrpcConnection(asyncio.Protocol):
             h2.settings_frame(
                 {
                     h2.SETTINGS_ENABLE_PUSH: 0,
+                    h2.SETTINGS_MAX_CONCURRENT_STREAMS: self.limits.max_concurrent_streams,
+                    h2.SETTINGS_MAX_HEADER_LIST_SIZE: self.limits.max_header_list_size,
                     h2.SETTINGS_INITIAL_WINDOW_SIZE: h2.OUR_WINDOW,
                     h2.SETTINGS_MAX_FRAME_SIZE: h2.OUR_MAX_FRAME,
                 }
@@ -183,6 +230,10 @@ class GrpcConnection(asyncio.Protocol):
             used = self._frames(data)
         except h2.ProtocolError as e:
             self.close(e.code, str(e))
+            return
+        except hpack.OversizedHeaderListError:
+            n = self.limits.max_header_list_size
+            self.close(h2.ENHANCE_YOUR_CALM, f"header list larger than {n} bytes{_HEADER_FLAG}")
             return
         except hpack.HPACKError as e:
             self.close(h2.COMPRESSION_ERROR, f"bad header block: {e}")
@@ -235,30 +286,101 @@ class GrpcConnection(asyncio.Protocol):
         elif kind == h2.HEADERS:
             self._headers(flags, sid, payload)
         elif kind == h2.CONTINUATION:
-            if self.continuing is None or self.continuing[0] != sid:
-                raise h2.ProtocolError(h2.PROTOCOL_ERROR, "unexpected CONTINUATION")
-            self.continuing[2].append(bytes(payload))
-            if flags & h2.END_HEADERS:
-                sid, first_flags, fragments = self.continuing
-                self.continuing = None
-                self._header_block(first_flags, sid, b"".join(fragments))
-        elif kind == h2.SETTINGS:
-            if not flags & h2.ACK:
-                self._settings(payload)
+            self._continuation(flags, sid, payload)
         elif kind == h2.WINDOW_UPDATE:
             self._window_update(sid, payload)
+        elif kind == h2.RST_STREAM:
+            self._rst_stream(sid, payload)
+        else:
+            self._control(kind, flags, sid, payload)
+
+    def _control(self, kind: int, flags: int, sid: int, payload: memoryview) -> None:
+        """SETTINGS, PING, GOAWAY, PRIORITY and unknown types: cheap to send, so counted."""
+        self._count_control()
+        if kind == h2.SETTINGS:
+            if sid:
+                raise h2.ProtocolError(h2.PROTOCOL_ERROR, "SETTINGS on a stream")
+            if not flags & h2.ACK:
+                self._settings(payload)
+            elif payload:
+                raise h2.ProtocolError(h2.FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
         elif kind == h2.PING:
+            if sid:
+                raise h2.ProtocolError(h2.PROTOCOL_ERROR, "PING on a stream")
+            if len(payload) != 8:
+                raise h2.ProtocolError(h2.FRAME_SIZE_ERROR, "PING length not 8")
             if not flags & h2.ACK:
                 self._write(h2.frame(h2.PING, h2.ACK, 0, bytes(payload)))
-        elif kind == h2.RST_STREAM:
-            stream = self.streams.pop(sid, None)
-            if stream is not None:
-                self._drop(stream)
         elif kind == h2.GOAWAY:
+            if sid:
+                raise h2.ProtocolError(h2.PROTOCOL_ERROR, "GOAWAY on a stream")
+            if len(payload) < 8:
+                raise h2.ProtocolError(h2.FRAME_SIZE_ERROR, "GOAWAY shorter than 8 bytes")
             self.closing_when_idle()
         elif kind == h2.PUSH_PROMISE:
             raise h2.ProtocolError(h2.PROTOCOL_ERROR, "a client may not push")
-        # PRIORITY and unknown frame types are ignored (RFC 9113 5.5)
+        elif kind == h2.PRIORITY:  # else ignored, as unknown frame types are (RFC 9113 5.5)
+            if not sid:
+                raise h2.ProtocolError(h2.PROTOCOL_ERROR, "PRIORITY on stream 0")
+            if len(payload) != 5:
+                stream = self.streams.get(sid)
+                if stream is not None:
+                    self._reset(stream, h2.FRAME_SIZE_ERROR)
+                else:
+                    self._write(h2.rst_stream(sid, h2.FRAME_SIZE_ERROR))
+
+    def _count_control(self) -> None:
+        now = self.loop.time()
+        if now - self.control_since >= FLOOD_WINDOW_S:
+            self.control_since = now
+            self.control = 0
+        self.control += 1
+        if self.control > self.limits.max_control_frames:
+            raise h2.ProtocolError(
+                h2.ENHANCE_YOUR_CALM,
+                f"more than {self.limits.max_control_frames} control frames within "
+                f"{FLOOD_WINDOW_S:g} s (--grpc-max-control-frames)",
+            )
+
+    def _rst_stream(self, sid: int, payload: memoryview) -> None:
+        if len(payload) != 4:
+            raise h2.ProtocolError(h2.FRAME_SIZE_ERROR, "RST_STREAM length not 4")
+        if not sid or sid > self.last_stream_id:
+            raise h2.ProtocolError(h2.PROTOCOL_ERROR, f"RST_STREAM on idle stream {sid}")
+        stream = self.streams.pop(sid, None)
+        if stream is None:
+            self._count_control()  # already closed: nothing to do, but not free to flood
+            return
+        working = not stream.local_closed
+        self._drop(stream)
+        if working:  # reset before its answer (CVE-2023-44487 when rapid)
+            self.reset_debt += 1
+            if self.reset_debt > self.limits.max_resets:
+                raise h2.ProtocolError(
+                    h2.ENHANCE_YOUR_CALM,
+                    f"more than {self.limits.max_resets} streams reset before their answer, "
+                    "beyond those answered (--grpc-max-resets)",
+                )
+
+    def _count_header_bytes(self, n: int) -> None:
+        self.header_bytes += h2.FRAME_HEADER_SIZE + n
+        if self.header_bytes > self.limits.max_header_list_size:
+            raise h2.ProtocolError(
+                h2.ENHANCE_YOUR_CALM,
+                f"a header block of more than {self.limits.max_header_list_size} bytes"
+                + _HEADER_FLAG,
+            )
+
+    def _continuation(self, flags: int, sid: int, payload: memoryview) -> None:
+        continuing = self.continuing
+        if continuing is None or continuing[0] != sid:
+            raise h2.ProtocolError(h2.PROTOCOL_ERROR, "unexpected CONTINUATION")
+        self._count_header_bytes(len(payload))
+        continuing[2].append(bytes(payload))
+        if flags & h2.END_HEADERS:
+            sid, first_flags, fragments = continuing
+            self.continuing = None
+            self._header_block(first_flags, sid, b"".join(fragments))
 
     def _data(self, flags: int, sid: int, payload: memoryview) -> None:
         self.recv_unacked += len(payload)
@@ -283,10 +405,42 @@ class GrpcConnection(asyncio.Protocol):
                 self._feed(stream, body)
         elif body:
             stream.chunks.append(body)
+            stream.size += len(body)
+            if stream.size >= stream.check_at:
+                self._check_size(stream)
         if ended:
             self._remote_end(stream)
 
+    def _check_size(self, stream: Stream) -> None:
+        """A unary request's prefix has arrived, or more bytes than the largest message allowed:
+        refuse it before buffering what the prefix announces."""
+        limit = self.max_message
+        if stream.check_at == PREFIX_SIZE:
+            first = stream.chunks[0]
+            head = first if len(first) >= PREFIX_SIZE else b"".join(stream.chunks)
+            length = MESSAGE_PREFIX.unpack_from(head)[1]
+            if length <= limit:
+                stream.check_at = PREFIX_SIZE + limit + 1
+                return
+        else:
+            length = stream.size - PREFIX_SIZE
+        self._too_large(stream, length)
+
+    def _too_large(self, stream: Stream, length: int) -> None:
+        if stream.task is not None:  # a bidi handler: it ends here, with this status, and
+            stream.task.cancel()  # the stream as a unary one would (trailers, RST_STREAM)
+            stream.inbox = None
+        self.finish(
+            stream, grpc.StatusCode.RESOURCE_EXHAUSTED, _too_large_message(length, self.max_message)
+        )
+        self._stop_upload(stream)
+        stream.partial = bytearray()
+
     def _headers(self, flags: int, sid: int, payload: memoryview) -> None:
+        self.header_bytes = 0
+        if len(payload) >= self.max_header_payload:
+            self._count_header_bytes(len(payload))  # raises
+        self.header_bytes = h2.FRAME_HEADER_SIZE + len(payload)
         body = h2.unpad(flags, payload)
         if flags & h2.PRIORITY_FLAG:
             body = body[5:]
@@ -306,6 +460,10 @@ class GrpcConnection(asyncio.Protocol):
             raise h2.ProtocolError(h2.PROTOCOL_ERROR, f"bad stream id {sid}")
         self.last_stream_id = sid
         if self.refusing:
+            self._write(h2.rst_stream(sid, h2.REFUSED_STREAM))
+            return
+        if len(self.streams) >= self.max_streams:
+            self._count_control()  # refused at once: as cheap to send as a control frame
             self._write(h2.rst_stream(sid, h2.REFUSED_STREAM))
             return
         self._open(sid, headers, bool(flags & h2.END_STREAM))
@@ -334,6 +492,8 @@ class GrpcConnection(asyncio.Protocol):
             self._local_end(stream)
         elif method is None:
             self.finish(stream, grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {path}")
+        elif self.hub.admit is not None and (refusal := self.hub.admit(path, headers)):
+            self.finish(stream, *refusal)
         elif encoding not in ("identity", "gzip", "deflate"):
             self.finish(
                 stream, grpc.StatusCode.UNIMPLEMENTED, f"unsupported grpc-encoding '{encoding}'"
@@ -381,26 +541,44 @@ class GrpcConnection(asyncio.Protocol):
         buf = stream.partial
         buf += body
         assert stream.inbox is not None
-        while len(buf) >= 5:
+        while len(buf) >= PREFIX_SIZE:
             flag, length = MESSAGE_PREFIX.unpack_from(buf)
-            if len(buf) < 5 + length:
+            if length > self.max_message:
+                self._too_large(stream, length)
+                return
+            if len(buf) < PREFIX_SIZE + length:
                 break
-            message = bytes(buf[5 : 5 + length])
-            del buf[: 5 + length]
-            stream.inbox.put_nowait(self._inflate(stream, flag, message))
+            message = bytes(buf[PREFIX_SIZE : PREFIX_SIZE + length])
+            del buf[: PREFIX_SIZE + length]
+            stream.inbox.put_nowait(Compressed(message) if flag else message)
 
-    @staticmethod
-    def _inflate(stream: Stream, flag: int, message: bytes | memoryview) -> Any:
-        if not flag:
-            return message
+    def _inflate(self, encoding: str, message: bytes | memoryview) -> bytes:
+        """A compressed request message, never inflated past the limit (run off the loop)."""
+        if encoding == "gzip":
+            wbits = 31
+        elif encoding == "deflate":
+            wbits = 15
+        else:
+            raise ValueError("compressed message without a grpc-encoding")
         try:
-            if stream.encoding == "gzip":
-                return zlib.decompress(message, 16 + zlib.MAX_WBITS)
-            if stream.encoding == "deflate":
-                return zlib.decompress(message)
+            return inflate(message, wbits, self.max_message)
+        except TooLarge:
+            raise AbortError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                _too_large_message(None, self.max_message),
+            ) from None
         except zlib.error as e:
-            return ValueError(f"could not decompress the request message: {e}")
-        return ValueError("compressed message without a grpc-encoding")
+            raise ValueError(f"could not decompress the request message: {e}") from None
+
+    async def _parse_off_loop(
+        self, encoding: str, flag: int, message: bytes | memoryview, request_type: Any
+    ) -> Any:
+        """Inflate and parse a request message in a worker thread: it may take long."""
+        if flag:
+            message = await asyncio.to_thread(self._inflate, encoding, message)
+        if len(message) < OFFLOAD_PROTOBUF_BYTES:
+            return request_type.FromString(message)
+        return await asyncio.to_thread(request_type.FromString, message)
 
     # ------------------------------------------------------------------ running handlers
 
@@ -409,24 +587,28 @@ class GrpcConnection(asyncio.Protocol):
         stream.task = self.loop.create_task(coro)
         stream.task.add_done_callback(lambda _: self.hub.rpc_ended())
 
-    def _single_message(self, stream: Stream) -> Any:
+    @staticmethod
+    def _single_message(stream: Stream) -> tuple[int, memoryview]:
         chunks = stream.chunks
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         stream.chunks = []
-        if len(body) < 5:
-            return ValueError("the request has no message")
+        if len(body) < PREFIX_SIZE:
+            raise ValueError("the request has no message")
         flag, length = MESSAGE_PREFIX.unpack_from(body)
-        if len(body) != 5 + length:
-            return ValueError("the request is not exactly one message")
-        return self._inflate(stream, flag, memoryview(body)[5:])
+        if len(body) != PREFIX_SIZE + length:
+            raise ValueError("the request is not exactly one message")
+        return flag, memoryview(body)[PREFIX_SIZE:]
 
     async def _run_single(self, stream: Stream, method: Method) -> None:
         context = Context(self, stream)
         try:
-            raw = self._single_message(stream)
-            if isinstance(raw, Exception):
-                raise raw
-            request = method.request_type.FromString(raw)
+            flag, raw = self._single_message(stream)
+            if flag or len(raw) >= OFFLOAD_PROTOBUF_BYTES:
+                request = await self._parse_off_loop(
+                    stream.encoding, flag, raw, method.request_type
+                )
+            else:
+                request = method.request_type.FromString(raw)
             response = await method.handler(request, context)
             if method.kind is Kind.UNARY:
                 self.send_message(stream, response.SerializeToString())
@@ -446,16 +628,21 @@ class GrpcConnection(asyncio.Protocol):
             if isinstance(e, (KeyboardInterrupt, SystemExit)):
                 raise
 
-    @staticmethod
-    async def _requests(stream: Stream, request_type: Any) -> AsyncIterator[Any]:
-        assert stream.inbox is not None
+    async def _requests(self, stream: Stream, request_type: Any) -> AsyncIterator[Any]:
+        inbox = stream.inbox
+        assert inbox is not None
         while True:
-            item = await stream.inbox.get()
-            if item is _END:
+            item = await inbox.get()
+            if type(item) is bytes and len(item) < OFFLOAD_PROTOBUF_BYTES:
+                yield request_type.FromString(item)
+            elif item is _END:
                 return
-            if isinstance(item, Exception):
+            elif isinstance(item, Exception):
                 raise item
-            yield request_type.FromString(item)
+            elif isinstance(item, Compressed):
+                yield await self._parse_off_loop(stream.encoding, 1, item.data, request_type)
+            else:
+                yield await self._parse_off_loop(stream.encoding, 0, item, request_type)
 
     def _failed(self, stream: Stream, exc: BaseException) -> None:
         if isinstance(exc, AbortError):
@@ -499,7 +686,12 @@ class GrpcConnection(asyncio.Protocol):
         if stream.timer is not None:
             stream.timer.cancel()
             stream.timer = None
+        if self.reset_debt and stream.task is not None:
+            self.reset_debt -= 1  # an answered call pays for one the client reset
         status = code.value[0]
+        if status and log.isEnabledFor(logging.DEBUG):  # --log-verbose >= 1
+            path = next((v for k, v in stream.headers if k == ":path"), "?")
+            log.debug("gRPC %s failed: %s %s", path, code.name, message)
         block = h2.TRAILERS_OK if status == 0 else h2.status_block(status, message)
         if not stream.headers_sent:
             stream.headers_sent = True
@@ -572,6 +764,11 @@ class GrpcConnection(asyncio.Protocol):
                 self.peer_initial_window = value
                 for stream in self.streams.values():
                     stream.send_window += delta
+                    if stream.send_window > h2.MAX_WINDOW:  # RFC 9113 6.9.2
+                        raise h2.ProtocolError(h2.FLOW_CONTROL_ERROR, "a stream window overflows")
+            elif key == h2.SETTINGS_ENABLE_PUSH:
+                if value > 1:
+                    raise h2.ProtocolError(h2.PROTOCOL_ERROR, "bad SETTINGS_ENABLE_PUSH")
             elif key == h2.SETTINGS_MAX_FRAME_SIZE:
                 if not h2.DEFAULT_MAX_FRAME <= value < 1 << 24:
                     raise h2.ProtocolError(h2.PROTOCOL_ERROR, "bad SETTINGS_MAX_FRAME_SIZE")
@@ -584,14 +781,25 @@ class GrpcConnection(asyncio.Protocol):
             raise h2.ProtocolError(h2.FRAME_SIZE_ERROR, "WINDOW_UPDATE length")
         increment = int.from_bytes(payload) & 0x7FFFFFFF
         if sid == 0:
+            if not increment:
+                raise h2.ProtocolError(h2.PROTOCOL_ERROR, "WINDOW_UPDATE with a zero increment")
             self.send_window += increment
             if self.send_window > h2.MAX_WINDOW:
                 raise h2.ProtocolError(h2.FLOW_CONTROL_ERROR, "connection window overflow")
         else:
             stream = self.streams.get(sid)
             if stream is None:
+                if sid > self.last_stream_id:
+                    raise h2.ProtocolError(h2.PROTOCOL_ERROR, f"WINDOW_UPDATE on idle stream {sid}")
+                self._count_control()  # a stream already closed: nothing to do
+                return
+            if not increment:  # stream errors (RFC 9113 6.9, 6.9.1)
+                self._reset(stream, h2.PROTOCOL_ERROR)
                 return
             stream.send_window += increment
+            if stream.send_window > h2.MAX_WINDOW:
+                self._reset(stream, h2.FLOW_CONTROL_ERROR)
+                return
         self._unblock()
 
     # ------------------------------------------------------------------ ending
@@ -602,6 +810,12 @@ class GrpcConnection(asyncio.Protocol):
             self.streams.pop(stream.id, None)
         if self.refusing and not self.streams:
             self._close_now()
+
+    def _reset(self, stream: Stream, code: int) -> None:
+        """A stream error: RST_STREAM with `code`, and the stream ends on our side too."""
+        self._write(h2.rst_stream(stream.id, code))
+        self.streams.pop(stream.id, None)
+        self._drop(stream)
 
     def _drop(self, stream: Stream) -> None:
         """The client reset the stream (or went away): stop its work, send nothing more."""
@@ -632,3 +846,15 @@ class GrpcConnection(asyncio.Protocol):
         self._flush()
         if self.transport is not None:
             self.transport.close()
+
+
+_HEADER_FLAG = " (SETTINGS_MAX_HEADER_LIST_SIZE; --grpc-max-header-list-size)"
+
+
+def _too_large_message(length: int | None, limit: int) -> str:
+    """grpc-core's words for RESOURCE_EXHAUSTED on a large message, and the flag to change."""
+    size = "more" if length is None else str(length)
+    return (
+        f"Received message larger than max ({size} vs. {limit}); "
+        "use --grpc-max-message-size to raise the limit"
+    )

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
+import ssl
 from typing import Any
 
 import grpc
@@ -13,9 +15,21 @@ from google.protobuf import message_factory
 from grpc_health.v1 import health_pb2
 from tritonclient.grpc import service_pb2 as pb
 
-from torchtide.frontends.grpc.connection import AbortError, GrpcConnection, Hub, Kind, Method
+from torchtide.access import GRPC_METHOD_GROUPS, AccessPolicy, Refusal
+from torchtide.frontends.grpc import http2 as h2
+from torchtide.frontends.grpc.connection import (
+    AbortError,
+    Admit,
+    GrpcConnection,
+    Hub,
+    Kind,
+    Method,
+)
 from torchtide.frontends.grpc.service import InferenceService
+from torchtide.frontends.limits import GrpcLimits
 from torchtide.server import InferenceServer
+
+log = logging.getLogger("torchtide.grpc")
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -23,6 +37,13 @@ SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 SERVICE_NAMES = ("", "inference.GRPCInferenceService")
 WATCH_INTERVAL_S = 0.5
 CLOSE_WAIT_S = 1.0  # after the grace period: how long connections get to end their streams
+
+# The one mapping from an access refusal to a gRPC status (Triton's restriction: UNAVAILABLE).
+REFUSAL_CODES: dict[Refusal, grpc.StatusCode] = {
+    Refusal.RESTRICTED: grpc.StatusCode.UNAVAILABLE,
+    Refusal.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    Refusal.FORBIDDEN: grpc.StatusCode.PERMISSION_DENIED,
+}
 
 
 class HealthService:
@@ -76,6 +97,22 @@ def method_table(file_descriptor: Any, service: str, servicer: Any) -> dict[str,
     return table
 
 
+def access_check(methods: dict[str, Method], policy: AccessPolicy) -> Admit:
+    """The check a connection runs when a stream opens: the method's API group, then the
+    policy over the request's metadata (the first value of each key, as grpc's lookup)."""
+    groups = {path: GRPC_METHOD_GROUPS[path.rsplit("/", 1)[1]] for path in methods}
+
+    def admit(path: str, headers: h2.Headers) -> tuple[grpc.StatusCode, str] | None:
+        group = groups.get(path)
+        if group is None:
+            return None
+        metadata = dict(reversed(headers))
+        denial = policy.check(group, metadata)
+        return None if denial is None else (REFUSAL_CODES[denial.reason], denial.message)
+
+    return admit
+
+
 class GrpcFrontend:
     def __init__(
         self,
@@ -85,11 +122,17 @@ class GrpcFrontend:
         *,
         allow_client_shm: bool = False,
         grace_s: float | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        access: AccessPolicy | None = None,
+        limits: GrpcLimits | None = None,
     ) -> None:
         self.server = server
         self.host = host
         self.port = port
+        self.ssl_context = ssl_context  # TLS (ALPN h2), or plaintext HTTP/2 when None
+        self.access = access
         self.grace_s = server.options.exit_timeout_s if grace_s is None else grace_s
+        self.limits = limits or GrpcLimits()
         self.service = InferenceService(server, allow_client_shm=allow_client_shm)
         self.health = HealthService(server)
         self._listener: asyncio.base_events.Server | None = None
@@ -103,7 +146,12 @@ class GrpcFrontend:
     async def start(self) -> None:
         methods = method_table(pb.DESCRIPTOR, "GRPCInferenceService", self.service)
         methods |= method_table(health_pb2.DESCRIPTOR, "Health", self.health)
-        hub = Hub(methods)
+        access = self.access
+        hub = Hub(
+            methods,
+            self.limits,
+            access_check(methods, access) if access and access.active else None,
+        )
         loop = asyncio.get_running_loop()
         try:
             # No SO_REUSEPORT: a second server on a taken port must fail, not share it.
@@ -114,11 +162,13 @@ class GrpcFrontend:
                 family=socket.AF_UNSPEC,
                 reuse_address=True,
                 backlog=1024,
+                ssl=self.ssl_context,
             )
         except OSError as e:
             raise OSError(f"gRPC front-end could not listen on {self.address}: {e}") from None
         self.port = listener.sockets[0].getsockname()[1]
         self._listener, self._hub = listener, hub
+        log.info("Started GRPCInferenceService at %s", self.address)
 
     async def stop(self, grace: float | None = None) -> None:
         """Refuse new RPCs at once (UNAVAILABLE; readiness and health say not ready), let the

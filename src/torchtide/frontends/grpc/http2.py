@@ -173,8 +173,10 @@ class HeaderDecoder:
     """One connection's HPACK decoder. A block decoded while the table stayed the same can be
     reused for identical bytes as long as the table has not changed since."""
 
-    def __init__(self) -> None:
-        self._decoder = hpack.Decoder()
+    def __init__(self, max_header_list_size: int = 1 << 16) -> None:
+        # Past the limit (name + value + 32 per field, RFC 9113 6.5.2) hpack raises
+        # OversizedHeaderListError mid-block: the table is then out of step, the connection ends.
+        self._decoder = hpack.Decoder(max_header_list_size)
         self._table = _CountingTable()
         self._decoder.header_table = self._table
         self._cache: dict[bytes, tuple[int, Headers]] = {}

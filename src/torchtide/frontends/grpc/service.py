@@ -25,6 +25,7 @@ from torchtide.frontends.grpc.convert import (
     parse_dict,
     shm_refused,
 )
+from torchtide.frontends.limits import OFFLOAD_TYPED_ELEMENTS
 from torchtide.server import InferenceServer
 
 log = logging.getLogger("torchtide.grpc")
@@ -126,7 +127,10 @@ class InferenceService:
     async def _infer(self, request: Any) -> Any:
         if self.refusing():
             raise unavailable(SHUTTING_DOWN)
-        req, shm_out = decode_request(request, self.shm)
+        if request.raw_input_contents or _typed_elements(request) < OFFLOAD_TYPED_ELEMENTS:
+            req, shm_out = decode_request(request, self.shm)
+        else:  # typed contents become arrays element by element: long for many, off the loop
+            req, shm_out = await asyncio.to_thread(decode_request, request, self.shm)
         resp = await self.server.infer(req)
         return encode_response(resp, shm_out, self.shm)
 
@@ -181,6 +185,7 @@ class InferenceService:
                     if strict:
                         await _abort(context, exc)
                     msg = _message(exc)
+                    log.debug("gRPC ModelStreamInfer request '%s' failed: %s", rid, msg)
                     item = pb.ModelStreamInferResponse(
                         error_message=msg, infer_response=pb.ModelInferResponse(id=rid)
                     )
@@ -306,3 +311,9 @@ class InferenceService:
             else:
                 s.string_param = str(value)
         return resp
+
+
+def _typed_elements(request: Any) -> int:
+    """How many elements the request's typed `contents` hold (counting is cheap; converting is
+    not)."""
+    return sum(len(v) for t in request.inputs for _, v in t.contents.ListFields())

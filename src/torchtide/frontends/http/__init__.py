@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 
+from torchtide.access import AccessPolicy
 from torchtide.frontends.http.protocol import HttpConnection, Hub
 from torchtide.frontends.http.routes import Api, error_response
+from torchtide.frontends.limits import HttpLimits
 from torchtide.server import InferenceServer
 
 __all__ = ["HttpFrontend"]
@@ -27,24 +30,41 @@ class HttpFrontend:
         max_input_size: int = DEFAULT_MAX_INPUT_SIZE,
         allow_client_shm: bool = False,
         drain_timeout_s: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+        access: AccessPolicy | None = None,
+        limits: HttpLimits | None = None,
     ) -> None:
         self.server = server
         self.host = host
         self.port = port
         self.max_input_size = max_input_size
         self.drain_timeout_s = drain_timeout_s
-        self.api = Api(server, allow_client_shm=allow_client_shm, max_input_size=max_input_size)
+        self.limits = limits or HttpLimits()
+        self.ssl_context = ssl_context  # HTTPS when set
+        self.api = Api(
+            server, allow_client_shm=allow_client_shm, max_input_size=max_input_size, access=access
+        )
         self._hub: Hub | None = None
         self._listener: asyncio.Server | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        hub = self._hub = Hub(self.api.dispatch, error_response, self.max_input_size)
-        self._listener = await loop.create_server(
-            lambda: HttpConnection(hub), self.host, self.port, reuse_address=True, backlog=1024
+        admit = self.api.admit if self.api.access is not None else None
+        hub = self._hub = Hub(
+            self.api.dispatch, error_response, self.max_input_size, self.limits, admit
         )
+        self._listener = await loop.create_server(
+            lambda: HttpConnection(hub),
+            self.host,
+            self.port,
+            reuse_address=True,
+            backlog=1024,
+            ssl=self.ssl_context,
+        )
+        hub.start()
         self.port = int(self._listener.sockets[0].getsockname()[1])
-        log.info("HTTP front-end listening on %s:%d", self.host, self.port)
+        tls = " (TLS)" if self.ssl_context else ""
+        log.info("Started HTTPService at %s:%d%s", self.host, self.port, tls)
 
     async def stop(self) -> None:
         """Stop accepting; close idle keep-alive connections at once; let requests in flight
@@ -68,4 +88,5 @@ class HttpFrontend:
                 if conn.transport is not None:
                     conn.transport.abort()
         await listener.wait_closed()
+        hub.close()
         self._hub = self._listener = None

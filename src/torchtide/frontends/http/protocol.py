@@ -5,11 +5,17 @@ no answer. Keep-alive and pipelining: requests on one connection are answered st
 request that needs the core runs as one task while later ones wait in a small queue (reading
 pauses when it fills). Bodies are counted as they arrive and refused past `max_input_size`
 before they are buffered whole. A client that goes away cancels its in-flight request.
+
+Slow and idle clients are bounded (frontends/limits.py, HttpLimits): one sweeper task per
+listener closes connections past a timeout (request headers 408, a stalled body 408, an idle
+keep-alive connection silently), so the hot path pays one clock read per read; connections past
+`max_connections` are answered 503 and closed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import zlib
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -20,11 +26,14 @@ import httptools
 import orjson
 
 from torchtide.frontends.http.errors import REASONS
+from torchtide.frontends.limits import HttpLimits
 
+log = logging.getLogger("torchtide.http")
 MAX_PIPELINED = 32  # queued requests per connection before reading pauses
 MAX_HEAD_BYTES = 64 * 1024  # request line + headers
-MIN_COMPRESS = 1024  # smaller bodies are sent as they are even when the client accepts gzip
+MIN_COMPRESS = 1024  # smaller infer replies are sent as they are even when the client accepts gzip
 LINGER_S = 2.0  # after a refusal, read and drop what the client still sends, then close
+SWEEP_S = 1.0  # how often timeouts are checked, at most (a quarter of the shortest, if less)
 
 
 @dataclass(slots=True)
@@ -46,6 +55,10 @@ class Response:
     blobs: list[bytes | memoryview] = field(default_factory=list)  # binary sections after body
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     close: bool = False
+    # Compressed per Accept-Encoding. Triton compresses successful infer replies only; every
+    # other reply goes as it is (aiohttp, hence tritonclient's aio client, always sends
+    # Accept-Encoding but decompresses only infer replies).
+    compressible: bool = False
 
     @classmethod
     def error(cls, status: int, message: str, *, close: bool = False) -> Response:
@@ -53,6 +66,7 @@ class Response:
 
 
 Handler = Callable[[Request], "Response | Coroutine[Any, Any, Response]"]
+Admit = Callable[[str, dict[str, str]], "Response | None"]  # (path, headers) → a refusal or None
 
 
 class Hub:
@@ -60,15 +74,44 @@ class Hub:
     connections."""
 
     def __init__(
-        self, dispatch: Handler, on_error: Callable[[Exception], Response], max_input_size: int
+        self,
+        dispatch: Handler,
+        on_error: Callable[[Exception], Response],
+        max_input_size: int,
+        limits: HttpLimits | None = None,
+        admit: Admit | None = None,
     ) -> None:
         self.dispatch = dispatch
+        self.admit = admit  # access control, asked once the headers are in (before the body)
         self.on_error = on_error
         self.max_input_size = max_input_size
+        self.limits = limits or HttpLimits()
         self.connections: set[HttpConnection] = set()
         self.stopping = False
         self.all_closed = asyncio.Event()
         self.all_closed.set()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start enforcing the timeouts (those that are not 0)."""
+        lim = self.limits
+        timeouts = [t for t in (lim.header_timeout_s, lim.body_timeout_s, lim.idle_timeout_s) if t]
+        if timeouts and self._sweeper is None:
+            interval = min(SWEEP_S, min(timeouts) / 4)
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep(interval))
+
+    def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+
+    async def _sweep(self, interval: float) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            for conn in list(self.connections):
+                conn.check_timeouts(now)
 
     def add(self, conn: HttpConnection) -> None:
         self.connections.add(conn)
@@ -102,7 +145,13 @@ class HttpConnection(asyncio.Protocol):
         self._chunks: list[bytes] = []
         self._size = 0
         self._head = 0  # bytes of request line and headers so far
+        self._denied: Response | None = None  # refused by access control: the body is dropped
         self._linger: asyncio.TimerHandle | None = None
+        # For the timeouts (checked by the hub's sweeper, not by timers per request):
+        self.since = self.loop.time()  # connection made, or the request's first byte
+        self.active_at = self.since  # last read, or last sweep that found a request in progress
+        self.fresh = True  # no request begun yet
+        self.headers_done = False
 
     # ------------------------------------------------------------------ transport events
 
@@ -111,6 +160,10 @@ class HttpConnection(asyncio.Protocol):
         self.hub.add(self)
         if self.hub.stopping:
             self._close()
+        elif len(self.hub.connections) > self.hub.limits.max_connections:
+            n = self.hub.limits.max_connections
+            msg = f"the server is at its limit of {n} connections (--http-max-connections)"
+            self._refuse(Response.error(503, msg, close=True))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -131,6 +184,7 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.refused or self.closed:
             return
+        self.active_at = self.loop.time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -144,11 +198,14 @@ class HttpConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.in_message = True
+        self.since = self.active_at
+        self.fresh = self.headers_done = False
         self._head = 0
         self._url = b""
         self._headers = {}
         self._chunks = []
         self._size = 0
+        self._denied = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -166,11 +223,15 @@ class HttpConnection(asyncio.Protocol):
             raise _Refused
 
     def on_headers_complete(self) -> None:
+        self.headers_done = True
         length = self._headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.hub.max_input_size:
             self._refuse(self._too_large(f"request body of {int(length)} bytes"))
             raise _Refused
+        if self.hub.admit is not None:
+            self._denied = self.hub.admit(_path(self._url), self._headers)
         expect = self._headers.get("expect", "").lower() == "100-continue"
+        expect = expect and self._denied is None
         if expect and self.transport and self.task is None and not self.queue:
             # Only when nothing is owed before it: an interim reply must not overtake a reply.
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -182,23 +243,22 @@ class HttpConnection(asyncio.Protocol):
                 self._too_large(f"request body of more than {self._size - len(body)} bytes")
             )
             raise _Refused
-        self._chunks.append(body)
+        if self._denied is None:
+            self._chunks.append(body)
 
     def on_message_complete(self) -> None:
         chunks = self._chunks
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        url = self._url
-        q = url.find(b"?")
-        path = (url if q < 0 else url[:q]).decode("latin-1")
         parser = self.parser
         self.queue.append(
             Request(
                 parser.get_method().decode("ascii"),
-                path,
+                _path(self._url),
                 self._headers,
                 body,
                 parser.should_keep_alive(),
                 parser.get_http_version() == "1.0",
+                self._denied,
             )
         )
         self._chunks = []
@@ -247,6 +307,8 @@ class HttpConnection(asyncio.Protocol):
         if self.closed or transport is None:
             return
         keep = req.keep_alive and not resp.close and not (self.hub.stopping and not self.queue)
+        if resp.status >= 400 and log.isEnabledFor(logging.DEBUG):
+            _log_failure(req, resp)
         body = resp.body
         blobs = resp.blobs
         head = [
@@ -256,8 +318,8 @@ class HttpConnection(asyncio.Protocol):
         for k, v in resp.headers:
             head.append(b"%s: %s\r\n" % (k, v))
         total = len(body) + sum(len(b) for b in blobs)
-        accept = req.headers.get("accept-encoding") if total >= MIN_COMPRESS else None
-        if accept:
+        accept = req.headers.get("accept-encoding") if resp.compressible else None
+        if accept and total >= MIN_COMPRESS:
             encoding = _pick_encoding(accept)
             if encoding is not None:
                 body = _compress(encoding, [body, *blobs])
@@ -278,6 +340,31 @@ class HttpConnection(asyncio.Protocol):
             transport.write(b"".join(head))
         if not keep:
             self._close()
+
+    # ------------------------------------------------------------------ timeouts
+
+    def check_timeouts(self, now: float) -> None:
+        """Called by the hub's sweeper: close what waited on the client for too long."""
+        if self.closed or self.refused or self.reading_paused:
+            return
+        lim = self.hub.limits
+        if self.in_message:
+            if not self.headers_done:
+                if lim.header_timeout_s and now - self.since >= lim.header_timeout_s:
+                    self._timed_out("the request headers", lim.header_timeout_s, "header")
+            elif lim.body_timeout_s and now - self.active_at >= lim.body_timeout_s:
+                self._timed_out("more of the request body", lim.body_timeout_s, "body")
+        elif self.task is not None or self.queue:
+            self.active_at = now  # answering: the idle time starts after the answer
+        elif self.fresh:  # connected, and never a byte of a request
+            if lim.header_timeout_s and now - self.since >= lim.header_timeout_s:
+                self._close()
+        elif lim.idle_timeout_s and now - self.active_at >= lim.idle_timeout_s:
+            self._close()
+
+    def _timed_out(self, what: str, seconds: float, flag: str) -> None:
+        msg = f"timed out after {seconds:g} s waiting for {what} (--http-{flag}-timeout-secs)"
+        self._refuse(Response.error(408, msg, close=True))
 
     # ------------------------------------------------------------------ closing
 
@@ -321,19 +408,41 @@ class HttpConnection(asyncio.Protocol):
             transport.close()
 
 
+def _log_failure(req: Request, resp: Response) -> None:
+    """--log-verbose >= 1: each failed request and its reason."""
+    try:
+        reason = str(orjson.loads(resp.body)["error"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        reason = resp.body[:200].decode("utf-8", "replace")
+    what = f"{req.method} {req.path}" if req.method else "a malformed request"
+    log.debug("HTTP %s failed: %d %s", what, resp.status, reason)
+
+
+def _path(url: bytes) -> str:
+    q = url.find(b"?")
+    return (url if q < 0 else url[:q]).decode("latin-1")
+
+
 def _pick_encoding(accept: str) -> bytes | None:
-    accepted = set()
+    """Triton's choice (http_server.cc, CompressionTypeUsed): among gzip, deflate and identity,
+    the one with the highest q, the first listed on a tie; q=0, unknown codings and unreadable
+    weights count for nothing. None: send the reply as it is."""
+    best, weight = "identity", 0.0
     for part in accept.lower().split(","):
         coding, _, params = part.partition(";")
-        q = params.strip()
-        if q.startswith("q=") and q[2:].strip() in ("0", "0.0", "0.00", "0.000"):
-            continue  # explicitly refused
-        accepted.add(coding.strip())
-    if "gzip" in accepted:
-        return b"gzip"
-    if "deflate" in accepted:
-        return b"deflate"
-    return None
+        coding = coding.strip()
+        q = 1.0
+        key, _, value = params.partition("=")
+        if key.strip() == "q":
+            try:
+                q = float(value)
+            except ValueError:
+                continue
+        elif params.strip():
+            continue  # a parameter other than q: not a form Triton reads
+        if coding in ("gzip", "deflate", "identity") and q > weight:
+            best, weight = coding, q
+    return None if best == "identity" else best.encode()
 
 
 def _compress(encoding: bytes, parts: list[bytes | memoryview]) -> bytes:

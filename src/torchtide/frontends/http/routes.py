@@ -7,6 +7,7 @@ Paths are matched with the same regular expressions, in the same order, as trito
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
@@ -18,13 +19,21 @@ from urllib.parse import unquote
 
 import orjson
 
+from torchtide.access import AccessPolicy, ApiGroup, Denial, Refusal
 from torchtide.config import to_json_dict
 from torchtide.errors import ServerError, unsupported
-from torchtide.frontends.http.decode import ShmAccess, decode_raw_request, decode_request
+from torchtide.frontends.http.decode import (
+    OutputPlan,
+    ShmAccess,
+    decode_raw_request,
+    decode_request,
+)
 from torchtide.frontends.http.encode import encode_response
 from torchtide.frontends.http.errors import bad_request, http_status
 from torchtide.frontends.http.protocol import Request, Response
+from torchtide.frontends.limits import OFFLOAD_JSON_BYTES
 from torchtide.server import InferenceServer
+from torchtide.types import InferRequest
 
 log = logging.getLogger("torchtide.http")
 
@@ -33,6 +42,12 @@ _SHM = re.compile(
     r"/v2/(systemsharedmemory|cudasharedmemory)(?:/region/([^/]+))?/(status|register|unregister)"
 )
 _REPO = re.compile(r"/v2/repository(?:/([^/]+))?/(?:(index)|models/([^/]+)/(load|unload))")
+# Routes tritonserver has and torchtide does not serve (404). Their groups still apply, so that
+# a restricted group answers 403 there, as tritonserver does.
+_UNSERVED = re.compile(
+    r"/v2(?:/models/[^/]+(?:/versions/[0-9]+)?/(generate|generate_stream|trace/setting)"
+    r"|/trace/setting)"
+)
 
 _EMPTY_TEXT = Response(200, b"", b"text/plain")
 _NOT_LIVE = Response(400, b"", b"text/plain")
@@ -42,6 +57,21 @@ _NOT_ALLOWED = Response.error(405, "Method Not Allowed")
 
 Reply = Response | Coroutine[Any, Any, Response]
 Endpoint = Callable[..., Reply]
+Route = tuple[ApiGroup, dict[str, Endpoint], tuple[Any, ...]]
+
+# The one mapping from an access refusal to an HTTP status (Triton's restriction: 403).
+REFUSAL_STATUS: dict[Refusal, int] = {
+    Refusal.RESTRICTED: 403,
+    Refusal.UNAUTHENTICATED: 401,
+    Refusal.FORBIDDEN: 403,
+}
+
+
+def denial_response(denial: Denial) -> Response:
+    resp = Response.error(REFUSAL_STATUS[denial.reason], denial.message)
+    if denial.reason is Refusal.UNAUTHENTICATED:
+        resp.headers.append((b"WWW-Authenticate", b'Bearer realm="torchtide"'))
+    return resp
 
 
 def error_response(e: BaseException) -> Response:
@@ -54,18 +84,26 @@ def error_response(e: BaseException) -> Response:
 
 class Api:
     def __init__(
-        self, server: InferenceServer, *, allow_client_shm: bool, max_input_size: int
+        self,
+        server: InferenceServer,
+        *,
+        allow_client_shm: bool,
+        max_input_size: int,
+        access: AccessPolicy | None = None,
     ) -> None:
         self.server = server
+        self.access = access if access is not None and access.active else None
         self.allow_client_shm = allow_client_shm
         self.max_input_size = max_input_size
         self.shm = ShmAccess(server.shm, allow_client_shm)
-        self._model_routes: dict[str | None, dict[str, Endpoint]] = {
-            "infer": {"POST": self.infer},
-            "ready": {"GET": self.model_ready},
-            "config": {"GET": self.model_config},
-            "stats": {"GET": self.stats},
-            None: {"GET": self.model_metadata},
+        # Each route's API group is Triton's (http_server.cc: RETURN_AND_RESPOND_IF_RESTRICTED).
+        g = ApiGroup
+        self._model_routes: dict[str | None, tuple[ApiGroup, dict[str, Endpoint]]] = {
+            "infer": (g.INFERENCE, {"POST": self.infer}),
+            "ready": (g.HEALTH, {"GET": self.model_ready}),
+            "config": (g.MODEL_CONFIG, {"GET": self.model_config}),
+            "stats": (g.STATISTICS, {"GET": self.stats}),
+            None: (g.METADATA, {"GET": self.model_metadata}),
         }
         self._shm_routes: dict[tuple[str, str], dict[str, Endpoint]] = {
             ("systemsharedmemory", "status"): {"GET": self.shm_status},
@@ -75,21 +113,36 @@ class Api:
             ("cudasharedmemory", "register"): {"POST": self.cuda_register},
             ("cudasharedmemory", "unregister"): {"POST": self.cuda_unregister},
         }
-        self._fixed: dict[str, dict[str, Endpoint]] = {
-            "/v2": {"GET": self.server_metadata},
-            "/v2/health/live": {"GET": self.live},
-            "/v2/health/ready": {"GET": self.ready},
-            "/v2/logging": {"GET": self.logging, "POST": self.logging},
+        self._fixed: dict[str, tuple[ApiGroup, dict[str, Endpoint]]] = {
+            "/v2": (g.METADATA, {"GET": self.server_metadata}),
+            "/v2/health/live": (g.HEALTH, {"GET": self.live}),
+            "/v2/health/ready": (g.HEALTH, {"GET": self.ready}),
+            "/v2/logging": (g.LOGGING, {"GET": self.logging, "POST": self.logging}),
         }
 
     # ------------------------------------------------------------------ dispatch
+
+    def admit(self, path: str, headers: dict[str, str]) -> Response | None:
+        """Access control, once the request's headers are in: a refusal, or None. Unknown paths
+        pass (404 later); as in Triton, the check comes before the method's (403 before 405)."""
+        if self.access is None:
+            return None
+        found = self._route(path)
+        if found is not None:
+            group = found[0]
+        elif (m := _UNSERVED.fullmatch(path)) is not None:
+            group = ApiGroup.INFERENCE if m[1] and m[1] != "trace/setting" else ApiGroup.TRACE
+        else:
+            return None
+        denial = self.access.check(group, headers)
+        return None if denial is None else denial_response(denial)
 
     def dispatch(self, req: Request) -> Reply:
         try:
             found = self._route(req.path)
             if found is None:
                 return _NOT_FOUND
-            methods, args = found
+            _, methods, args = found
             handler = methods.get(req.method)
             if handler is None:
                 return _NOT_ALLOWED
@@ -98,25 +151,25 @@ class Api:
             return error_response(e)
         return result  # a Response, or a coroutine whose errors the connection maps back here
 
-    def _route(self, path: str) -> tuple[dict[str, Endpoint], tuple[Any, ...]] | None:
+    def _route(self, path: str) -> Route | None:
         if path == "/v2/models/stats":
-            return self._model_routes["stats"], ("", "")
+            return *self._model_routes["stats"], ("", "")
         m = _MODEL.fullmatch(path)
         if m is not None:
-            return self._model_routes[m[3]], (unquote(m[1]), m[2] or "")
+            return *self._model_routes[m[3]], (unquote(m[1]), m[2] or "")
         fixed = self._fixed.get(path)
         if fixed is not None:
-            return fixed, ()
+            return *fixed, ()
         m = _SHM.fullmatch(path)
         if m is not None:
-            return self._shm_routes[m[1], m[3]], (unquote(m[2] or ""),)
+            return ApiGroup.SHARED_MEMORY, self._shm_routes[m[1], m[3]], (unquote(m[2] or ""),)
         m = _REPO.fullmatch(path)
         if m is not None:
             repo = unquote(m[1] or "")
             if m[2] == "index":
-                return {"POST": self.repository_index}, (repo,)
+                return ApiGroup.MODEL_REPOSITORY, {"POST": self.repository_index}, (repo,)
             action = self.load if m[4] == "load" else self.unload
-            return {"POST": action}, (repo, unquote(m[3]))
+            return ApiGroup.MODEL_REPOSITORY, {"POST": action}, (repo, unquote(m[3]))
         return None
 
     # ------------------------------------------------------------------ bodies
@@ -145,7 +198,13 @@ class Api:
             return out
         raise bad_request(f"the request body is not valid {encoding} data")
 
-    def _json(self, req: Request, what: str) -> dict[str, Any]:
+    async def _json(self, req: Request, what: str) -> dict[str, Any]:
+        """The body as a JSON object; decompressed and parsed in a worker thread when large."""
+        if _offload(req):
+            return await asyncio.to_thread(self._parse_json, req, what)
+        return self._parse_json(req, what)
+
+    def _parse_json(self, req: Request, what: str) -> dict[str, Any]:
         body = self._body(req)
         if not body.strip():
             return {}
@@ -182,16 +241,37 @@ class Api:
     def stats(self, req: Request, name: str, version: str) -> Response:
         return Response(200, orjson.dumps({"model_stats": self.server.statistics(name, version)}))
 
-    def logging(self, req: Request) -> Response:
+    async def logging(self, req: Request) -> Response:
         settings = self.server.log_settings
         if req.method == "POST":
-            changes = {k: v for k, v in self._json(req, "logging request").items() if v is not None}
+            doc = await self._json(req, "logging request")
+            changes = {k: v for k, v in doc.items() if v is not None}
             return Response(200, orjson.dumps(settings.update(changes)))
         return Response(200, orjson.dumps(settings.get()))
 
     # ------------------------------------------------------------------ inference
 
     async def infer(self, req: Request, name: str, version: str) -> Response:
+        if _offload(req):
+            request, plan = await asyncio.to_thread(self._decode_infer, req, name, version)
+        else:
+            request, plan = self._decode_infer(req, name, version)
+        response = await self.server.infer(request)
+        encoded = encode_response(response, plan, self.shm)
+        if not encoded.blobs:
+            return Response(200, encoded.header, compressible=True)
+        return Response(
+            200,
+            encoded.header,
+            _OCTET,
+            encoded.blobs,
+            [(b"Inference-Header-Content-Length", b"%d" % len(encoded.header))],
+            compressible=True,
+        )
+
+    def _decode_infer(
+        self, req: Request, name: str, version: str
+    ) -> tuple[InferRequest, OutputPlan]:
         body = self._body(req)
         header = req.headers.get("inference-header-content-length")
         if header is None:
@@ -214,22 +294,12 @@ class Api:
                 request, plan = decode_raw_request(body, name, version, config)
             else:
                 request, plan = decode_request(body, length, name, version, self.shm)
-        response = await self.server.infer(request)
-        encoded = encode_response(response, plan, self.shm)
-        if not encoded.blobs:
-            return Response(200, encoded.header)
-        return Response(
-            200,
-            encoded.header,
-            _OCTET,
-            encoded.blobs,
-            [(b"Inference-Header-Content-Length", b"%d" % len(encoded.header))],
-        )
+        return request, plan
 
     # ------------------------------------------------------------------ repository
 
-    def repository_index(self, req: Request, repo: str) -> Response:
-        doc = self._json(req, "repository index request")
+    async def repository_index(self, req: Request, repo: str) -> Response:
+        doc = await self._json(req, "repository index request")
         ready = doc.get("ready", False)
         if not isinstance(ready, bool):
             raise bad_request("Invalid value for 'ready': expected a boolean")
@@ -238,7 +308,7 @@ class Api:
     async def load(self, req: Request, repo: str, name: str) -> Response:
         if repo:
             raise unsupported("'repository_name' specification is not supported")
-        params = self._parameters(req, "load request")
+        params = await self._parameters(req, "load request")
         for key, value in params.items():
             if key.startswith("file:") and isinstance(value, str):  # file content: base64
                 try:
@@ -251,12 +321,12 @@ class Api:
     async def unload(self, req: Request, repo: str, name: str) -> Response:
         if repo:
             raise unsupported("'repository_name' specification is not supported")
-        params = self._parameters(req, "unload request")
+        params = await self._parameters(req, "unload request")
         await self.server.unload_with_parameters(name, params)
         return Response(200)
 
-    def _parameters(self, req: Request, what: str) -> dict[str, Any]:
-        params = self._json(req, what).get("parameters", {})
+    async def _parameters(self, req: Request, what: str) -> dict[str, Any]:
+        params = (await self._json(req, what)).get("parameters", {})
         if not isinstance(params, dict):
             raise bad_request(f"the {what}'s 'parameters' must be an object")
         return params
@@ -266,11 +336,11 @@ class Api:
     def shm_status(self, req: Request, region: str) -> Response:
         return Response(200, orjson.dumps(self.server.shm.status(region)))
 
-    def shm_register(self, req: Request, region: str) -> Response:
+    async def shm_register(self, req: Request, region: str) -> Response:
         registry = self.shm.check()
         if not region:
             raise bad_request("missing region name in the register request path")
-        doc = self._json(req, "shared memory register request")
+        doc = await self._json(req, "shared memory register request")
         key = doc.get("key")
         if not isinstance(key, str):  # what the key may name is the core's to say
             raise bad_request("the register request needs a string 'key' (the shm object name)")
@@ -285,11 +355,11 @@ class Api:
     def cuda_status(self, req: Request, region: str) -> Response:
         return Response(200, orjson.dumps(self.server.shm.cuda_status(region)))
 
-    def cuda_register(self, req: Request, region: str) -> Response:
+    async def cuda_register(self, req: Request, region: str) -> Response:
         registry = self.shm.check()
         if not region:
             raise bad_request("missing region name in the register request path")
-        doc = self._json(req, "CUDA shared memory register request")
+        doc = await self._json(req, "CUDA shared memory register request")
         handle = doc.get("raw_handle")
         b64 = handle.get("b64") if isinstance(handle, dict) else None
         if not isinstance(b64, str):
@@ -317,3 +387,17 @@ def _counts(doc: dict[str, Any], **defaults: int | None) -> list[int]:
             raise bad_request(f"the register request needs a non-negative integer '{field_name}'")
         values.append(v)
     return values
+
+
+def _offload(req: Request) -> bool:
+    """Whether decoding this body may take milliseconds (a compressed body may inflate up to the
+    input size limit; a large JSON text takes long to parse): then it is decoded in a worker
+    thread, not on the event loop. Binary tensor data after a short JSON header does not count."""
+    if len(req.body) < OFFLOAD_JSON_BYTES:
+        return "content-encoding" in req.headers
+    header = req.headers.get("inference-header-content-length", "").strip()
+    return (
+        not header.isdigit()
+        or int(header) >= OFFLOAD_JSON_BYTES
+        or "content-encoding" in req.headers
+    )
