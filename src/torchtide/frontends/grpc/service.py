@@ -25,7 +25,7 @@ from torchtide.frontends.grpc.convert import (
     parse_dict,
     shm_refused,
 )
-from torchtide.frontends.limits import OFFLOAD_TYPED_ELEMENTS
+from torchtide.frontends.limits import OFFLOAD_TYPED_ELEMENTS, STREAM_INFLIGHT
 from torchtide.server import InferenceServer
 
 log = logging.getLogger("torchtide.grpc")
@@ -145,7 +145,10 @@ class InferenceService:
         """Requests are served concurrently; each gets one response, in completion order.
         An error is an `error_message` in the stream (the stream stays open), unless the client
         sent the header `triton_grpc_error: true`: then, as Triton, the error closes the stream
-        with its gRPC status. On stop() the stream stops reading, answers what it has, and ends."""
+        with its gRPC status. On stop() the stream stops reading, answers what it has, and ends.
+        At most STREAM_INFLIGHT requests are read and not yet answered: then reading waits for
+        answers to be written, which wait for a client that does not read them (Context.write),
+        so a slow reader ends up blocked by flow control, not buffered without end."""
         strict = any(
             k == "triton_grpc_error" and v == "true" for k, v in context.invocation_metadata() or ()
         )
@@ -153,6 +156,7 @@ class InferenceService:
         out: asyncio.Queue[Any] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
         pending = 0  # requests read and not yet answered
+        room = asyncio.Event()  # set when an answer is written
 
         async def one(request: Any) -> None:
             nonlocal pending
@@ -171,6 +175,9 @@ class InferenceService:
                 task = loop.create_task(one(request))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
+                while pending + out.qsize() >= STREAM_INFLIGHT:
+                    room.clear()
+                    await room.wait()
 
         reader = loop.create_task(read())
         reader.add_done_callback(lambda _: out.put_nowait(_WAKE))
@@ -190,6 +197,7 @@ class InferenceService:
                         error_message=msg, infer_response=pb.ModelInferResponse(id=rid)
                     )
                 await context.write(item)
+                room.set()
             if not reader.cancelled() and reader.exception() is not None:
                 raise reader.exception()  # type: ignore[misc]  # the request stream itself failed
         finally:
