@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
@@ -13,6 +13,29 @@ from torchtide.errors import invalid_arg
 
 Array = np.ndarray[Any, Any]
 LENGTH_PREFIX = struct.Struct("<I")  # BYTES elements: <uint32 little-endian length><bytes>
+
+# What a request's shapes may say, on every protocol. A shape's element count must also match the
+# data that came with it (checked before anything of that size is allocated); these bounds
+# catch what that cannot: a rank numpy cannot represent, and huge dimensions beside a zero one.
+MAX_RANK: Final = 64  # numpy's (and torch's) most dimensions; also how deep JSON 'data' may nest
+MAX_ELEMENTS: Final = 2**60  # the non-zero dimensions' product; beyond, no array can be made
+
+
+def check_shape(name: str, shape: Sequence[int]) -> None:
+    """Refuse a shape (of dimensions already known to be >= 0) that no array can have."""
+    if len(shape) > MAX_RANK:
+        raise invalid_arg(
+            f"input '{name}': shape has {len(shape)} dimensions; at most {MAX_RANK} are supported"
+        )
+    n = 1
+    for d in shape:
+        if d:
+            n *= d
+    if n >= MAX_ELEMENTS:
+        raise invalid_arg(
+            f"input '{name}': shape {shape_str(shape)} is too large: its non-zero dimensions "
+            f"multiply to 2^60 or more"
+        )
 
 
 def shape_str(shape: Sequence[int]) -> str:

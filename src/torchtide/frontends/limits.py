@@ -17,6 +17,7 @@ MiB: Final = 2**20
 OFFLOAD_JSON_BYTES: Final = 1 * MiB  # HTTP: JSON text of an infer or control request
 OFFLOAD_PROTOBUF_BYTES: Final = 4 * MiB  # gRPC: a request message
 OFFLOAD_TYPED_ELEMENTS: Final = 16384  # gRPC: typed `contents` elements (~1 ms to convert)
+OFFLOAD_OUTPUT_BYTES: Final = 1 * MiB  # both: outputs' nbytes, to encode, serialize, compress
 FLOOD_WINDOW_S: Final = 10.0  # the window over which gRPC control frames are counted
 
 # gRPC flow control (frontends/grpc/flow.py). Each stream may send STREAM_WINDOW bytes before we

@@ -94,10 +94,12 @@ class Context:
         raise AbortError(code, details)
 
     async def write(self, message: Any) -> None:
-        """Send a response message; waits while the client is not reading what was sent
-        (SEND_QUEUE_BYTES queued on its connection), so a slow reader stops the handler."""
+        """Send a response message (or its bytes, serialized already); waits while the client
+        is not reading what was sent (SEND_QUEUE_BYTES queued on its connection), so a slow
+        reader stops the handler."""
         conn = self._conn
-        conn.send_message(self._stream, message.SerializeToString())
+        data = message if type(message) is bytes else message.SerializeToString()
+        conn.send_message(self._stream, data)
         if not conn.can_send.is_set():
             await conn.can_send.wait()
 
@@ -734,8 +736,9 @@ class GrpcConnection(asyncio.Protocol):
             else:
                 request = method.request_type.FromString(raw)
             response = await method.handler(request, context)
-            if method.kind is Kind.UNARY:
-                self.send_message(stream, response.SerializeToString())
+            if method.kind is Kind.UNARY:  # handlers may serialize large responses themselves
+                data = response if type(response) is bytes else response.SerializeToString()
+                self.send_message(stream, data)
             self.finish(stream, grpc.StatusCode.OK, "")
         except BaseException as e:
             self._failed(stream, e)

@@ -21,7 +21,7 @@ from torchtide import dtypes
 from torchtide.errors import ServerError, Status, invalid_arg
 from torchtide.shm import SharedMemoryRegistry
 from torchtide.types import Array, InferRequest, InferResponse, InferTensor, RequestedOutput
-from torchtide.wire import decode_bytes_elements
+from torchtide.wire import check_shape, decode_bytes_elements
 
 # The one table from the core's neutral status to the gRPC status code (as Triton maps
 # TRITONSERVER_Error codes). Anything not in it is INTERNAL.
@@ -203,6 +203,7 @@ def _count(shape: Any, name: str, model: str) -> int:
                 f"dimension {d} is negative (got [{','.join(map(str, shape))}])"
             )
         n *= d
+    check_shape(name, shape)
     return n
 
 

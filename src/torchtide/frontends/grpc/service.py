@@ -25,8 +25,13 @@ from torchtide.frontends.grpc.convert import (
     parse_dict,
     shm_refused,
 )
-from torchtide.frontends.limits import OFFLOAD_TYPED_ELEMENTS, STREAM_INFLIGHT
+from torchtide.frontends.limits import (
+    OFFLOAD_OUTPUT_BYTES,
+    OFFLOAD_TYPED_ELEMENTS,
+    STREAM_INFLIGHT,
+)
 from torchtide.server import InferenceServer
+from torchtide.types import InferResponse
 
 log = logging.getLogger("torchtide.grpc")
 
@@ -124,7 +129,9 @@ class InferenceService:
 
     # ------------------------------------------------------------------ inference
 
-    async def _infer(self, request: Any) -> Any:
+    async def _infer(self, request: Any, streamed: bool = False) -> Any:
+        """The response message; or, for large outputs, it serialized in a worker thread (a
+        streamed one inside its ModelStreamInferResponse): copying takes long."""
         if self.refusing():
             raise unavailable(SHUTTING_DOWN)
         if request.raw_input_contents or _typed_elements(request) < OFFLOAD_TYPED_ELEMENTS:
@@ -132,7 +139,15 @@ class InferenceService:
         else:  # typed contents become arrays element by element: long for many, off the loop
             req, shm_out = await asyncio.to_thread(decode_request, request, self.shm)
         resp = await self.server.infer(req)
-        return encode_response(resp, shm_out, self.shm)
+        if sum(t.data.nbytes for t in resp.outputs) < OFFLOAD_OUTPUT_BYTES:
+            return encode_response(resp, shm_out, self.shm)
+        return await asyncio.to_thread(self._serialized, resp, shm_out, streamed)
+
+    def _serialized(self, resp: InferResponse, shm_out: Any, streamed: bool) -> bytes:
+        message = encode_response(resp, shm_out, self.shm)
+        if streamed:
+            message = pb.ModelStreamInferResponse(infer_response=message)
+        return bytes(message.SerializeToString())
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         # Not wrapped by @rpc: the hot path, one frame less. Same error mapping.
@@ -161,7 +176,9 @@ class InferenceService:
         async def one(request: Any) -> None:
             nonlocal pending
             try:
-                item: Any = pb.ModelStreamInferResponse(infer_response=await self._infer(request))
+                item: Any = await self._infer(request, streamed=True)
+                if type(item) is not bytes:
+                    item = pb.ModelStreamInferResponse(infer_response=item)
             except Exception as e:
                 item = (e, request.id)
             finally:
