@@ -18,7 +18,7 @@ LENGTH_PREFIX = struct.Struct("<I")  # BYTES elements: <uint32 little-endian len
 # data that came with it (checked before anything of that size is allocated); these bounds
 # catch what that cannot: a rank numpy cannot represent, and huge dimensions beside a zero one.
 MAX_RANK: Final = 64  # numpy's (and torch's) most dimensions; also how deep JSON 'data' may nest
-MAX_ELEMENTS: Final = 2**60  # the non-zero dimensions' product; beyond, no array can be made
+MAX_ELEMENTS: Final = 2**60  # beside a 0: the other dimensions' product; beyond, numpy fails
 
 
 def check_shape(name: str, shape: Sequence[int]) -> None:
@@ -27,6 +27,8 @@ def check_shape(name: str, shape: Sequence[int]) -> None:
         raise invalid_arg(
             f"input '{name}': shape has {len(shape)} dimensions; at most {MAX_RANK} are supported"
         )
+    if 0 not in shape:
+        return  # the element count must match the data, which is checked next and says more
     n = 1
     for d in shape:
         if d:
