@@ -35,7 +35,7 @@ import hpack
 from google.protobuf.message import DecodeError
 
 from torchtide.frontends.grpc import http2 as h2
-from torchtide.frontends.grpc.flow import Budget, Inflow
+from torchtide.frontends.grpc.flow import RETURN_AT, Budget, Inflow
 from torchtide.frontends.limits import (
     CONNECTION_WINDOW,
     FLOOD_WINDOW_S,
@@ -112,12 +112,10 @@ class Compressed:
 
 
 @dataclass(slots=True, eq=False)
-class Stream:
-    id: int
+class Stream(Inflow):  # the receive side: its window, its grants from the connection's budget
     headers: h2.Headers
     method: Method | None
     send_window: int
-    flow: Inflow  # the receive side: window, grants from the connection's budget
     encoding: str = "identity"
     chunks: list[bytes | memoryview] = field(default_factory=list)  # a unary request's body
     size: int = 0  # bytes in chunks
@@ -476,9 +474,8 @@ class GrpcConnection(asyncio.Protocol):
                 self.closed_reset = sid
                 self._write(h2.rst_stream(sid, h2.STREAM_CLOSED))
             return
-        flow = stream.flow
-        flow.window -= n
-        if flow.window < 0:  # RFC 9113 6.9.1
+        stream.window -= n
+        if stream.window < 0:  # RFC 9113 6.9.1
             self._reset(stream, h2.FLOW_CONTROL_ERROR)
             return
         body = h2.unpad(flags, payload) if flags & h2.PADDED else payload
@@ -513,17 +510,16 @@ class GrpcConnection(asyncio.Protocol):
 
     def _give_window(self, stream: Stream, n: int) -> None:
         """Return `n` bytes of a stream's window at once (padding: consumed as it arrives)."""
-        stream.flow.window += n
+        stream.window += n
         self._write(h2.window_update(stream.id, n))
 
     def _grant(self, stream: Stream, message_end: int, received: int) -> None:
         """A message ends `message_end` bytes into the stream's data, of which `received` are
         in: if the stream's window does not reach that far, ask the connection's budget for the
         rest (sent now, or when another call gives some back)."""
-        flow = stream.flow
-        need = message_end - received - flow.window
+        need = message_end - received - stream.window
         if need > 0:
-            granted = self.budget.ask(flow, need)
+            granted = self.budget.ask(stream, need)
             if granted:
                 self._write(h2.window_update(stream.id, granted))
 
@@ -608,7 +604,7 @@ class GrpcConnection(asyncio.Protocol):
             elif k == "grpc-encoding":
                 encoding = v
         method = self.hub.methods.get(path)
-        stream = Stream(sid, headers, method, self.peer_initial_window, Inflow(sid), encoding)
+        stream = Stream(sid, headers, method, self.peer_initial_window, encoding)
         self.streams[sid] = stream
         if not content_type.startswith("application/grpc"):
             stream.headers_sent = True  # not gRPC at all: HTTP 415, as the gRPC spec says
@@ -777,7 +773,10 @@ class GrpcConnection(asyncio.Protocol):
 
     def _consumed(self, stream: Stream, n: int) -> None:
         """A streaming call's handler took an `n`-byte message: its window comes back."""
-        updates = self.budget.consumed(stream.flow, n)
+        if not stream.held and stream.unreturned + n < RETURN_AT:
+            stream.unreturned += n  # the common case: returned later, in a batch
+            return
+        updates = self.budget.consumed(stream, n)
         if updates and not self.dead:
             self._window_updates(updates)
 
@@ -841,7 +840,10 @@ class GrpcConnection(asyncio.Protocol):
 
     def _end_flow(self, stream: Stream) -> None:
         """The call ended: what it held of the connection's budget comes back."""
-        updates = self.budget.end(stream.flow)
+        if not (stream.held or stream.wanted):
+            stream.ended = True  # nothing to give back, and nobody waits behind it
+            return
+        updates = self.budget.end(stream)
         if updates and not self.dead:
             self._window_updates(updates)
 

@@ -22,7 +22,7 @@ bytes that are not yet consumed.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from torchtide.frontends.limits import STREAM_WINDOW
@@ -32,14 +32,15 @@ RETURN_AT: Final = STREAM_WINDOW // 2  # consumed bytes returned in one WINDOW_U
 
 @dataclass(slots=True, eq=False)
 class Inflow:
-    """One stream's receive window and what it holds of its connection's budget."""
+    """One stream's receive window and what it holds of its connection's budget (the
+    transport's Stream is one)."""
 
-    sid: int
-    window: int = STREAM_WINDOW  # what the client may still send on this stream
-    held: int = 0  # granted from the budget and not yet given back
-    wanted: int = 0  # asked of the budget, waiting for it
-    unreturned: int = 0  # consumed bytes not yet returned to the client's window
-    ended: bool = False  # the call has ended: nothing more is granted or returned
+    id: int
+    window: int = field(default=STREAM_WINDOW, kw_only=True)  # what the client may still send
+    held: int = field(default=0, kw_only=True)  # granted from the budget, not yet given back
+    wanted: int = field(default=0, kw_only=True)  # asked of the budget, waiting for it
+    unreturned: int = field(default=0, kw_only=True)  # consumed, not yet returned to the window
+    ended: bool = field(default=False, kw_only=True)  # the call ended: nothing more is granted
 
 
 class Budget:
@@ -80,7 +81,7 @@ class Budget:
         if flow.unreturned >= RETURN_AT:
             increment, flow.unreturned = flow.unreturned, 0
             flow.window += increment
-            updates.append((flow.sid, increment))
+            updates.append((flow.id, increment))
         return updates
 
     def end(self, flow: Inflow) -> list[tuple[int, int]]:
@@ -109,5 +110,5 @@ class Budget:
             waiting.popleft()
             need, flow.wanted = flow.wanted, 0
             self._give(flow, need)
-            granted.append((flow.sid, need))
+            granted.append((flow.id, need))
         return granted
