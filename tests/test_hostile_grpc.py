@@ -32,6 +32,8 @@ from tests.test_grpc_transport import (
     assert_serving,
     goaway_code,
     grpc_message,
+    open_call,
+    padded,
 )
 from torchtide.app import AppThread
 from torchtide.frontends.grpc import connection
@@ -147,39 +149,7 @@ def alive(raw: RawClient) -> None:
             return
 
 
-def open_stream(raw: RawClient, sid: int, path: str = LIVE, **extra: str) -> None:
-    """HEADERS for a call whose request message has not been sent yet."""
-    block = raw.encoder.encode(
-        [
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":path", path),
-            (":authority", "localhost"),
-            ("content-type", "application/grpc"),
-            ("te", "trailers"),
-            *extra.items(),
-        ]
-    )
-    raw.send(h2.frame(h2.HEADERS, h2.END_HEADERS, sid, block))
-
-
-def padded(size: int) -> bytes:
-    """A `size`-byte protobuf message every request type parses: one unknown bytes field (15)."""
-    for varint in (1, 2, 3, 4):
-        payload = size - 1 - varint
-        encoded = _varint(payload)
-        if len(encoded) == varint:
-            return b"\x7a" + encoded + b"x" * payload
-    raise ValueError(size)
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+open_stream = open_call
 
 
 def status(raw: RawClient, sid: int) -> tuple[str, str]:

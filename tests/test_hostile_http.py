@@ -278,6 +278,7 @@ def test_serve_process_lives_through_the_attacks(tmp_path: Path) -> None:
             "--http-body-timeout-secs=1",
             "--grpc-max-control-frames=100",
             "--grpc-max-message-size=100000",
+            "--grpc-handshake-timeout-secs=1",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
@@ -328,6 +329,8 @@ def test_serve_process_lives_through_the_attacks(tmp_path: Path) -> None:
         with connect(http) as s:
             s.sendall(post(b"x" * 100)[:-50])
             assert until_closed(s).startswith(b"HTTP/1.1 408")
+        with connect(grpc) as s:  # silent: closed after the handshake timeout
+            assert b"--grpc-handshake-timeout-secs" in until_closed(s)
         assert proc.poll() is None
         assert_serving(grpc)
         well_behaved(http)
@@ -342,6 +345,15 @@ def test_limit_flags_are_checked() -> None:
     args = serve_parser().parse_args(["--http-idle-timeout-secs=0", "--grpc-max-resets=5"])
     assert args.http_idle_timeout_secs == 0 and args.grpc_max_resets == 5  # 0: no timeout
     assert args.grpc_max_message_size == 64 * 2**20 and args.http_max_connections == 1024
-    for bad in ("--grpc-max-message-size=0", "--http-body-timeout-secs=-1", "--grpc-max-resets=x"):
+    assert args.grpc_max_connections == 1024 and args.grpc_idle_timeout_secs == 300
+    assert args.grpc_handshake_timeout_secs == 30
+    assert args.grpc_max_connection_buffer_size == 256 * 2**20
+    for bad in (
+        "--grpc-max-message-size=0",
+        "--http-body-timeout-secs=-1",
+        "--grpc-max-resets=x",
+        "--grpc-max-connections=0",
+        "--grpc-idle-timeout-secs=-1",
+    ):
         with pytest.raises(SystemExit):
             serve_parser().parse_args([bad])

@@ -145,8 +145,22 @@ def _add_limits(p: argparse.ArgumentParser) -> None:
         ("concurrent-streams", g.max_concurrent_streams, "open streams per connection"),
         ("control-frames", g.max_control_frames, "SETTINGS/PING/... frames per connection/10 s"),
         ("resets", g.max_resets, "streams a client resets while served, beyond those answered"),
+        (
+            "connection-buffer-size",
+            g.max_connection_buffer_size,
+            "request bytes a connection may hold beyond its streams' 1 MiB windows (at least "
+            "one message); more wait",
+        ),
+        ("connections", g.max_connections, "open gRPC connections; more get GOAWAY and close"),
     ):
         p.add_argument(f"--grpc-max-{flag}", type=_count, default=default, help=text)
+    for flag, default, text in (
+        ("handshake", g.handshake_timeout_s, "for a new connection's HTTP/2 preface and SETTINGS"),
+        ("idle", g.idle_timeout_s, "before a connection with no call open gets GOAWAY"),
+    ):
+        p.add_argument(
+            f"--grpc-{flag}-timeout-secs", type=_seconds, default=default, help=f"wait {text}"
+        )
 
 
 def serve_parser(prog: str = "torchtide serve") -> argparse.ArgumentParser:
@@ -523,6 +537,10 @@ def cmd_serve(argv: list[str], prog: str = "torchtide serve") -> int:
             max_concurrent_streams=args.grpc_max_concurrent_streams,
             max_control_frames=args.grpc_max_control_frames,
             max_resets=args.grpc_max_resets,
+            max_connection_buffer_size=args.grpc_max_connection_buffer_size,
+            max_connections=args.grpc_max_connections,
+            handshake_timeout_s=args.grpc_handshake_timeout_secs,
+            idle_timeout_s=args.grpc_idle_timeout_secs,
         ),
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
@@ -14,36 +14,34 @@ from torchtide.errors import invalid_arg
 Array = np.ndarray[Any, Any]
 LENGTH_PREFIX = struct.Struct("<I")  # BYTES elements: <uint32 little-endian length><bytes>
 
-
-def shape_str(shape: Sequence[int]) -> str:
-    return "[" + ",".join(str(int(d)) for d in shape) + "]"
-
-
-# numpy cannot make an array of more than 64 dimensions, nor, even an empty one, of dimensions
-# (the zeros left out) multiplying past 2**63 bytes. A non-empty shape that large never matches
-# its data (the byte counts say so, in Triton's words); an empty one passes every byte count, so
-# its other dimensions are bounded here: far past any real tensor, far below what numpy refuses.
-MAX_DIMS = 64
-MAX_ELEMENTS = 2**48
+# What a request's shapes may say, on every protocol. A shape's element count must also match the
+# data that came with it (checked before anything of that size is allocated); these bounds
+# catch what that cannot: a rank numpy cannot represent, and huge dimensions beside a zero one.
+MAX_RANK: Final = 64  # numpy's (and torch's) most dimensions; also how deep JSON 'data' may nest
+MAX_ELEMENTS: Final = 2**60  # beside a 0: the other dimensions' product; beyond, numpy fails
 
 
 def check_shape(name: str, shape: Sequence[int]) -> int:
-    """The element count of a shape of non-negative dimensions, or INVALID_ARG when no array
-    of that shape can be made."""
-    if len(shape) > MAX_DIMS:
+    """The element count of a shape (of dimensions already known to be >= 0), or INVALID_ARG
+    for a shape no array can have."""
+    if len(shape) > MAX_RANK:
         raise invalid_arg(
-            f"input '{name}': shape {shape_str(shape)} has {len(shape)} dimensions, more than "
-            f"the {MAX_DIMS} a tensor may have"
+            f"input '{name}': shape {shape_str(shape)} has {len(shape)} dimensions; "
+            f"at most {MAX_RANK} are supported"
         )
     count = math.prod(shape)
-    if count == 0:
-        size = math.prod(d for d in shape if d)
-        if size > MAX_ELEMENTS:
-            raise invalid_arg(
-                f"input '{name}': shape {shape_str(shape)} is too large: its non-zero "
-                f"dimensions multiply to {size} elements, more than {MAX_ELEMENTS}"
-            )
+    if count == 0 and math.prod(d for d in shape if d) >= MAX_ELEMENTS:
+        # the element count of a non-empty shape must match the data, which is checked next
+        # and says more; an empty one passes every byte count
+        raise invalid_arg(
+            f"input '{name}': shape {shape_str(shape)} is too large: its non-zero dimensions "
+            f"multiply to 2^60 or more"
+        )
     return count
+
+
+def shape_str(shape: Sequence[int]) -> str:
+    return "[" + ",".join(str(int(d)) for d in shape) + "]"
 
 
 def decode_bytes_elements(name: str, shape: Sequence[int], buf: memoryview | bytes) -> Array:

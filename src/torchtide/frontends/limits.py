@@ -17,7 +17,18 @@ MiB: Final = 2**20
 OFFLOAD_JSON_BYTES: Final = 1 * MiB  # HTTP: JSON text of an infer or control request
 OFFLOAD_PROTOBUF_BYTES: Final = 4 * MiB  # gRPC: a request message
 OFFLOAD_TYPED_ELEMENTS: Final = 16384  # gRPC: typed `contents` elements (~1 ms to convert)
+OFFLOAD_OUTPUT_BYTES: Final = 1 * MiB  # both: outputs' nbytes, to encode, serialize, compress
 FLOOD_WINDOW_S: Final = 10.0  # the window over which gRPC control frames are counted
+
+# gRPC flow control (frontends/grpc/flow.py). Each stream may send STREAM_WINDOW bytes before we
+# return window, which happens as its messages are consumed; a message larger than that is
+# granted the rest from its connection's buffer budget (GrpcLimits.max_connection_buffer_size).
+STREAM_WINDOW: Final = 1 * MiB  # advertised as SETTINGS_INITIAL_WINDOW_SIZE
+CONNECTION_WINDOW: Final = 1 << 30  # returned as data arrives: the streams' windows bound it
+# Responses queued for a client whose flow-control window is shut (a slow reader): past this, a
+# streaming handler's writes wait for the client, and the stream stops reading requests.
+SEND_QUEUE_BYTES: Final = 4 * MiB  # per connection
+STREAM_INFLIGHT: Final = 64  # ModelStreamInfer requests read and not yet answered, per stream
 
 
 @dataclass(slots=True, frozen=True)
@@ -27,6 +38,10 @@ class GrpcLimits:
     max_concurrent_streams: int = 256  # open streams per connection; more: REFUSED_STREAM
     max_control_frames: int = 1000  # SETTINGS, PING, PRIORITY, ... per FLOOD_WINDOW_S
     max_resets: int = 200  # streams reset by the client while we work, beyond those answered
+    max_connection_buffer_size: int = 256 * MiB  # granted beyond stream windows; >= a message
+    max_connections: int = 1024  # open connections; more get GOAWAY and are closed
+    handshake_timeout_s: float = 30.0  # from connecting to the client's preface and SETTINGS
+    idle_timeout_s: float = 300.0  # a connection without a stream this long gets GOAWAY
 
 
 @dataclass(slots=True, frozen=True)

@@ -36,9 +36,13 @@ import hpack
 from google.protobuf.message import DecodeError
 
 from torchtide.frontends.grpc import http2 as h2
+from torchtide.frontends.grpc.flow import RETURN_AT, Budget, Inflow
 from torchtide.frontends.limits import (
+    CONNECTION_WINDOW,
     FLOOD_WINDOW_S,
     OFFLOAD_PROTOBUF_BYTES,
+    SEND_QUEUE_BYTES,
+    STREAM_WINDOW,
     GrpcLimits,
     TooLarge,
     inflate,
@@ -50,6 +54,7 @@ MESSAGE_PREFIX = struct.Struct(">BI")  # compressed flag, length
 PREFIX_SIZE = 5
 _END = object()  # ends a request stream's inbox
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+SWEEP_S = 1.0  # how often connection timeouts are checked, at most (a quarter of the shortest)
 
 
 class Kind(Enum):
@@ -98,7 +103,14 @@ class Context:
         raise AbortError(code, details)
 
     async def write(self, message: Any) -> None:
-        self._conn.send_message(self._stream, message.SerializeToString())
+        """Send a response message (or its bytes, serialized already); waits while the client
+        is not reading what was sent (SEND_QUEUE_BYTES queued on its connection), so a slow
+        reader stops the handler."""
+        conn = self._conn
+        data = message if type(message) is bytes else message.SerializeToString()
+        conn.send_message(self._stream, data)
+        if not conn.can_send.is_set():
+            await conn.can_send.wait()
 
 
 @dataclass(slots=True, frozen=True)
@@ -109,8 +121,7 @@ class Compressed:
 
 
 @dataclass(slots=True, eq=False)
-class Stream:
-    id: int
+class Stream(Inflow):  # the receive side: its window, its grants from the connection's budget
     headers: h2.Headers
     method: Method | None
     send_window: int
@@ -120,11 +131,12 @@ class Stream:
     check_at: int = PREFIX_SIZE  # size at which to check it: the prefix, then past the limit
     inbox: asyncio.Queue[Any] | None = None  # a streaming request's messages
     partial: bytearray = field(default_factory=bytearray)  # a streamed message not yet whole
+    upload_stopped: bool = False  # we answered before the request ended, and sent RST_STREAM
     task: asyncio.Task[None] | None = None
     timer: asyncio.TimerHandle | None = None
     timed_out: bool = False
-    recv_unacked: int = 0
     pending: deque[tuple[bool, bytes | memoryview]] = field(default_factory=deque)
+    queued: int = 0  # bytes in pending
     headers_sent: bool = False
     remote_closed: bool = False
     local_closed: bool = False
@@ -162,6 +174,29 @@ class Hub:
         self.idle = asyncio.Event()  # no RPC running on any connection
         self.idle.set()
         self.running = 0
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start enforcing the handshake and idle timeouts (those that are not 0): one task
+        checks every connection now and then, so frames pay nothing for them."""
+        lim = self.limits
+        timeouts = [t for t in (lim.handshake_timeout_s, lim.idle_timeout_s) if t]
+        if timeouts and self._sweeper is None:
+            interval = min(SWEEP_S, min(timeouts) / 4)
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep(interval))
+
+    def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+
+    async def _sweep(self, interval: float) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            for conn in list(self.connections):
+                conn.check_timeouts(now)
 
     def rpc_started(self) -> None:
         self.running += 1
@@ -195,12 +230,22 @@ class GrpcConnection(asyncio.Protocol):
         self.peer_initial_window = h2.DEFAULT_WINDOW
         self.peer_max_frame = h2.DEFAULT_MAX_FRAME
         self.send_window = h2.DEFAULT_WINDOW  # the connection's, towards the peer
-        self.recv_unacked = 0
+        self.recv_window = CONNECTION_WINDOW  # the connection's, from the peer
+        self.budget = Budget(max(limits.max_connection_buffer_size, self.max_message + PREFIX_SIZE))
         self.blocked: dict[int, Stream] = {}  # streams waiting for send window
+        self.queued = 0  # bytes of the blocked streams' pending data
+        self.can_send = asyncio.Event()  # not too much queued for the client: handlers may write
+        self.can_send.set()
         self.out: list[bytes | memoryview] = []
         self.flush_scheduled = False
         self.refusing = False  # GOAWAY sent or received: no new streams
         self.dead = False  # connection lost or failed: nothing more is read or sent
+        self.writing_paused = False  # the transport's buffer is full
+        # For the timeouts (checked by the hub's sweeper, not by timers):
+        self.since = self.loop.time()  # connected; then the last time a stream was seen open
+        self.handshaken = False  # the client's preface and first SETTINGS have arrived
+        self.seen_stream_id = 0  # last_stream_id when the sweeper last looked
+        self.closed_reset = 0  # the closed stream last answered RST_STREAM for its DATA
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
@@ -213,27 +258,57 @@ class GrpcConnection(asyncio.Protocol):
                     h2.SETTINGS_ENABLE_PUSH: 0,
                     h2.SETTINGS_MAX_CONCURRENT_STREAMS: self.limits.max_concurrent_streams,
                     h2.SETTINGS_MAX_HEADER_LIST_SIZE: self.limits.max_header_list_size,
-                    h2.SETTINGS_INITIAL_WINDOW_SIZE: h2.OUR_WINDOW,
+                    h2.SETTINGS_INITIAL_WINDOW_SIZE: STREAM_WINDOW,
                     h2.SETTINGS_MAX_FRAME_SIZE: h2.OUR_MAX_FRAME,
                 }
             )
-            + h2.window_update(0, h2.OUR_CONNECTION_WINDOW - h2.DEFAULT_WINDOW)
+            + h2.window_update(0, CONNECTION_WINDOW - h2.DEFAULT_WINDOW)
         )
+        n = self.limits.max_connections
+        if len(self.hub.connections) > n:
+            # Said in the GOAWAY, not logged: a flood of connections must not flood the log.
+            msg = f"the server is at its limit of {n} connections (--grpc-max-connections)"
+            self.close(h2.ENHANCE_YOUR_CALM, msg, quiet=True)
+
+    def check_timeouts(self, now: float) -> None:
+        """Called by the hub's sweeper: close a connection that has not finished its handshake
+        in time, or has had no stream open for the idle timeout (GOAWAY NO_ERROR: clients
+        reconnect when they next call)."""
+        if self.dead or self.refusing:
+            return
+        lim = self.limits
+        if not self.handshaken:
+            if lim.handshake_timeout_s and now - self.since >= lim.handshake_timeout_s:
+                s = lim.handshake_timeout_s
+                msg = f"no preface and SETTINGS within {s:g} s (--grpc-handshake-timeout-secs)"
+                self.close(h2.PROTOCOL_ERROR, msg, quiet=True)
+        elif self.streams or self.last_stream_id != self.seen_stream_id:
+            self.seen_stream_id = self.last_stream_id
+            self.since = now
+        elif lim.idle_timeout_s and now - self.since >= lim.idle_timeout_s:
+            self.closing_when_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.hub.connections.discard(self)
         self.dead = True
+        self.can_send.set()  # writers wake, see the connection gone, and end
         for stream in list(self.streams.values()):
             self._drop(stream)
         self.streams.clear()
         self.transport = None
 
     def pause_writing(self) -> None:
-        """The client is not reading its responses: stop reading its requests until it does."""
+        """The client is not reading its responses: stop reading its requests, and streaming
+        handlers' writes, until it does."""
+        self.writing_paused = True
+        self.can_send.clear()
         if self.transport is not None:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self.writing_paused = False
+        if self.queued <= SEND_QUEUE_BYTES:
+            self.can_send.set()
         if self.transport is not None and not self.dead:
             self.transport.resume_reading()
 
@@ -403,23 +478,35 @@ class GrpcConnection(asyncio.Protocol):
             self._header_block(first_flags, sid, b"".join(fragments))
 
     def _data(self, flags: int, sid: int, payload: memoryview) -> None:
-        self.recv_unacked += len(payload)
-        if self.recv_unacked >= h2.OUR_CONNECTION_WINDOW // 2:
-            self._write(h2.window_update(0, self.recv_unacked))
-            self.recv_unacked = 0
+        n = len(payload)
+        self.recv_window -= n
+        if self.recv_window <= CONNECTION_WINDOW // 2:
+            self._refill(n)
         stream = self.streams.get(sid)
         if stream is None or stream.remote_closed:
             if sid == 0 or sid > self.last_stream_id:
                 raise h2.ProtocolError(h2.PROTOCOL_ERROR, f"DATA on idle stream {sid}")
-            self._write(h2.rst_stream(sid, h2.STREAM_CLOSED))
+            if not n:
+                self._count_control()  # an empty frame moves nothing forward
+            # Data sent before our RST_STREAM reached the client is dropped; otherwise the
+            # stream is closed: one RST_STREAM, not one per frame.
+            if sid != self.closed_reset and (stream is None or not stream.upload_stopped):
+                self.closed_reset = sid
+                self._write(h2.rst_stream(sid, h2.STREAM_CLOSED))
             return
-        body = h2.unpad(flags, payload)
+        stream.window -= n
+        if stream.window < 0:  # RFC 9113 6.9.1
+            self._reset(stream, h2.FLOW_CONTROL_ERROR)
+            return
+        body = h2.unpad(flags, payload) if flags & h2.PADDED else payload
         ended = bool(flags & h2.END_STREAM)
-        if not ended:
-            stream.recv_unacked += len(payload)
-            if stream.recv_unacked >= h2.OUR_WINDOW // 2:
-                self._write(h2.window_update(sid, stream.recv_unacked))
-                stream.recv_unacked = 0
+        if not body:
+            if not ended:
+                self._count_control()  # an empty DATA frame moves nothing forward
+            if n:  # padding only: consumed at once
+                self._give_window(stream, n)
+        elif len(body) != n:
+            self._give_window(stream, n - len(body))
         if stream.inbox is not None:
             if body:
                 self._feed(stream, body)
@@ -431,6 +518,35 @@ class GrpcConnection(asyncio.Protocol):
         if ended:
             self._remote_end(stream)
 
+    def _refill(self, n: int) -> None:
+        """Return the connection window as data arrives (the streams' windows bound what is
+        held); a client that sent more than it was given broke flow control."""
+        if self.recv_window < 0:
+            raise h2.ProtocolError(
+                h2.FLOW_CONTROL_ERROR, f"DATA of {n} bytes overran the connection window"
+            )
+        self._write(h2.window_update(0, CONNECTION_WINDOW - self.recv_window))
+        self.recv_window = CONNECTION_WINDOW
+
+    def _give_window(self, stream: Stream, n: int) -> None:
+        """Return `n` bytes of a stream's window at once (padding: consumed as it arrives)."""
+        stream.window += n
+        self._write(h2.window_update(stream.id, n))
+
+    def _grant(self, stream: Stream, message_end: int, received: int) -> None:
+        """A message ends `message_end` bytes into the stream's data, of which `received` are
+        in: if the stream's window does not reach that far, ask the connection's budget for the
+        rest (sent now, or when another call gives some back)."""
+        need = message_end - received - stream.window
+        if need > 0:
+            granted = self.budget.ask(stream, need)
+            if granted:
+                self._write(h2.window_update(stream.id, granted))
+
+    def _window_updates(self, updates: list[tuple[int, int]]) -> None:
+        for sid, increment in updates:
+            self._write(h2.window_update(sid, increment))
+
     def _check_size(self, stream: Stream) -> None:
         """A unary request's prefix has arrived, or more bytes than the largest message allowed:
         refuse it before buffering what the prefix announces."""
@@ -441,6 +557,7 @@ class GrpcConnection(asyncio.Protocol):
             length = MESSAGE_PREFIX.unpack_from(head)[1]
             if length <= limit:
                 stream.check_at = PREFIX_SIZE + limit + 1
+                self._grant(stream, PREFIX_SIZE + length, stream.size)
                 return
         else:
             length = stream.size - PREFIX_SIZE
@@ -475,6 +592,10 @@ class GrpcConnection(asyncio.Protocol):
         if stream is not None:  # trailers from the client: only END_STREAM matters
             if flags & h2.END_STREAM and not stream.remote_closed:
                 self._remote_end(stream)
+                return
+            self._count_control()  # moves nothing forward
+            if not stream.remote_closed:  # trailers must end the stream (RFC 9113 8.1)
+                self._reset(stream, h2.PROTOCOL_ERROR)
             return
         if sid % 2 == 0 or sid <= self.last_stream_id:
             raise h2.ProtocolError(h2.PROTOCOL_ERROR, f"bad stream id {sid}")
@@ -571,6 +692,7 @@ class GrpcConnection(asyncio.Protocol):
                 self._too_large(stream, length)
                 return
             if len(buf) < PREFIX_SIZE + length:
+                self._grant(stream, PREFIX_SIZE + length, len(buf))
                 break
             message = bytes(buf[PREFIX_SIZE : PREFIX_SIZE + length])
             del buf[: PREFIX_SIZE + length]
@@ -635,8 +757,9 @@ class GrpcConnection(asyncio.Protocol):
                 request = method.request_type.FromString(raw)
             response = await method.handler(request, context)
             start = time.monotonic_ns() if context.sent is not None else 0
-            if method.kind is Kind.UNARY:
-                self.send_message(stream, response.SerializeToString())
+            if method.kind is Kind.UNARY:  # handlers may serialize large responses themselves
+                data = response if type(response) is bytes else response.SerializeToString()
+                self.send_message(stream, data)
             self.finish(stream, grpc.StatusCode.OK, "")
         except BaseException as e:
             start = time.monotonic_ns() if context.sent is not None else 0
@@ -661,16 +784,29 @@ class GrpcConnection(asyncio.Protocol):
         assert inbox is not None
         while True:
             item = await inbox.get()
-            if type(item) is bytes and len(item) < OFFLOAD_PROTOBUF_BYTES:
-                yield request_type.FromString(item)
+            if type(item) is bytes:
+                self._consumed(stream, PREFIX_SIZE + len(item))
+                if len(item) < OFFLOAD_PROTOBUF_BYTES:
+                    yield request_type.FromString(item)
+                else:
+                    yield await self._parse_off_loop(stream.encoding, 0, item, request_type)
             elif item is _END:
                 return
             elif isinstance(item, Exception):
                 raise item
-            elif isinstance(item, Compressed):
-                yield await self._parse_off_loop(stream.encoding, 1, item.data, request_type)
             else:
-                yield await self._parse_off_loop(stream.encoding, 0, item, request_type)
+                assert isinstance(item, Compressed)
+                self._consumed(stream, PREFIX_SIZE + len(item.data))
+                yield await self._parse_off_loop(stream.encoding, 1, item.data, request_type)
+
+    def _consumed(self, stream: Stream, n: int) -> None:
+        """A streaming call's handler took an `n`-byte message: its window comes back."""
+        if not stream.held and stream.unreturned + n < RETURN_AT:
+            stream.unreturned += n  # the common case: returned later, in a batch
+            return
+        updates = self.budget.consumed(stream, n)
+        if updates and not self.dead:
+            self._window_updates(updates)
 
     def _failed(self, stream: Stream, exc: BaseException) -> None:
         if isinstance(exc, AbortError):
@@ -727,19 +863,30 @@ class GrpcConnection(asyncio.Protocol):
         self._send(stream, True, block)
         if stream.inbox is None:
             self._stop_upload(stream)
+        self._end_flow(stream)
         self._local_end(stream)
+
+    def _end_flow(self, stream: Stream) -> None:
+        """The call ended: what it held of the connection's budget comes back."""
+        if not (stream.held or stream.wanted):
+            stream.ended = True  # nothing to give back, and nobody waits behind it
+            return
+        updates = self.budget.end(stream)
+        if updates and not self.dead:
+            self._window_updates(updates)
 
     def _stop_upload(self, stream: Stream) -> None:
         """Answered before the request ended (refused, unknown method, deadline): tell the
         client to stop sending, and drop whatever of it still arrives."""
         if not stream.remote_closed:
             self._write(h2.rst_stream(stream.id, h2.NO_ERROR))
-            stream.remote_closed = True
+            stream.remote_closed = stream.upload_stopped = True
             stream.chunks = []
 
     def _send(self, stream: Stream, trailers: bool, data: bytes | memoryview) -> None:
         if stream.pending:
             stream.pending.append((trailers, data))
+            self._queued(stream, len(data))
             return
         if trailers:
             self._write(h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, stream.id, data))
@@ -747,7 +894,17 @@ class GrpcConnection(asyncio.Protocol):
         rest = self._send_data(stream, data)
         if rest is not None:
             stream.pending.append((False, rest))
+            self._queued(stream, len(rest))
             self.blocked[stream.id] = stream
+
+    def _queued(self, stream: Stream, n: int) -> None:
+        """`n` bytes more (or fewer, when negative) wait for the client's window."""
+        stream.queued += n
+        self.queued += n
+        if self.queued > SEND_QUEUE_BYTES:
+            self.can_send.clear()
+        elif not self.writing_paused and not self.can_send.is_set():
+            self.can_send.set()
 
     def _send_data(self, stream: Stream, data: bytes | memoryview) -> memoryview | None:
         """Send as much as both windows allow; return what is left."""
@@ -769,12 +926,15 @@ class GrpcConnection(asyncio.Protocol):
                 trailers, data = stream.pending[0]
                 if trailers:
                     stream.pending.popleft()
+                    self._queued(stream, -len(data))
                     self._write(h2.frame(h2.HEADERS, h2.END_HEADERS | h2.END_STREAM, sid, data))
                     continue
                 rest = self._send_data(stream, data)
                 if rest is not None:
+                    self._queued(stream, len(rest) - len(data))
                     stream.pending[0] = (False, rest)
                     break
+                self._queued(stream, -len(data))
                 stream.pending.popleft()
             if not stream.pending:
                 del self.blocked[sid]
@@ -784,6 +944,7 @@ class GrpcConnection(asyncio.Protocol):
                 return
 
     def _settings(self, payload: memoryview) -> None:
+        self.handshaken = True
         for key, value in h2.settings(payload):
             if key == h2.SETTINGS_INITIAL_WINDOW_SIZE:
                 if value > h2.MAX_WINDOW:
@@ -849,6 +1010,10 @@ class GrpcConnection(asyncio.Protocol):
         """The client reset the stream (or went away): stop its work, send nothing more."""
         stream.local_closed = stream.remote_closed = True
         self.blocked.pop(stream.id, None)
+        if stream.pending:
+            stream.pending.clear()
+            self._queued(stream, -stream.queued)
+        self._end_flow(stream)
         if stream.timer is not None:
             stream.timer.cancel()
         if stream.task is not None and not stream.task.done():
@@ -862,9 +1027,11 @@ class GrpcConnection(asyncio.Protocol):
         if not self.streams:
             self._close_now()
 
-    def close(self, code: int, message: str) -> None:
-        """A connection error: GOAWAY naming it, and close."""
-        log.info("closing a gRPC connection: %s", message)
+    def close(self, code: int, message: str, *, quiet: bool = False) -> None:
+        """A connection error: GOAWAY naming it, and close (logged unless `quiet`: what a flood
+        of connections causes must not flood the log)."""
+        if not quiet:
+            log.info("closing a gRPC connection: %s", message)
         self._write(h2.goaway(self.last_stream_id, code, message.encode()[:256]))
         self.refusing = True
         self._close_now()

@@ -169,6 +169,7 @@ class GrpcFrontend:
             raise OSError(f"gRPC front-end could not listen on {self.address}: {e}") from None
         self.port = listener.sockets[0].getsockname()[1]
         self._listener, self._hub = listener, hub
+        hub.start()
         log.info("Started GRPCInferenceService at %s", self.address)
 
     async def stop(self, grace: float | None = None) -> None:
@@ -180,6 +181,7 @@ class GrpcFrontend:
         self._listener = self._hub = None
         if listener is None or hub is None:
             return
+        hub.close()
         grace = self.grace_s if grace is None else grace
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(hub.idle.wait(), grace)

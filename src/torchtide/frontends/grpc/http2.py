@@ -37,8 +37,9 @@ DEFAULT_WINDOW: Final = 65_535
 DEFAULT_MAX_FRAME: Final = 16_384
 MAX_WINDOW: Final = 2**31 - 1
 
-# What we advertise: large windows and frames, so a big tensor arrives in few frames and
-# without waiting on WINDOW_UPDATE round trips.
+# Large frames, so a big tensor arrives in few frames; the bench client's receive windows (large,
+# so responses never wait on WINDOW_UPDATE round trips). The server's windows, which bound what a
+# client may make it buffer, are in frontends/limits.py.
 OUR_WINDOW: Final = 1 << 24
 OUR_CONNECTION_WINDOW: Final = 1 << 30
 OUR_MAX_FRAME: Final = 1 << 20

@@ -26,9 +26,14 @@ from torchtide.frontends.grpc.convert import (
     parse_dict,
     shm_refused,
 )
-from torchtide.frontends.limits import OFFLOAD_TYPED_ELEMENTS
+from torchtide.frontends.limits import (
+    OFFLOAD_OUTPUT_BYTES,
+    OFFLOAD_TYPED_ELEMENTS,
+    STREAM_INFLIGHT,
+)
 from torchtide.server import InferenceServer
 from torchtide.tracing import Changes, Trace, Tracer, now_ns
+from torchtide.types import InferResponse
 
 log = logging.getLogger("torchtide.grpc")
 
@@ -137,7 +142,11 @@ class InferenceService:
 
     # ------------------------------------------------------------------ inference
 
-    async def _infer(self, request: Any, trace: Trace | None = None) -> Any:
+    async def _infer(
+        self, request: Any, trace: Trace | None = None, streamed: bool = False
+    ) -> Any:
+        """The response message; or, for large outputs, it serialized in a worker thread (a
+        streamed one inside its ModelStreamInferResponse): copying takes long."""
         if self.refusing():
             raise unavailable(SHUTTING_DOWN)
         if request.raw_input_contents or _typed_elements(request) < OFFLOAD_TYPED_ELEMENTS:
@@ -146,7 +155,15 @@ class InferenceService:
             req, shm_out = await asyncio.to_thread(decode_request, request, self.shm)
         req.trace = trace
         resp = await self.server.infer(req)
-        return encode_response(resp, shm_out, self.shm)
+        if sum(t.data.nbytes for t in resp.outputs) < OFFLOAD_OUTPUT_BYTES:
+            return encode_response(resp, shm_out, self.shm)
+        return await asyncio.to_thread(self._serialized, resp, shm_out, streamed)
+
+    def _serialized(self, resp: InferResponse, shm_out: Any, streamed: bool) -> bytes:
+        message = encode_response(resp, shm_out, self.shm)
+        if streamed:
+            message = pb.ModelStreamInferResponse(infer_response=message)
+        return bytes(message.SerializeToString())
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         # Not wrapped by @rpc: the hot path, one frame less. Same error mapping.
@@ -182,7 +199,10 @@ class InferenceService:
         """Requests are served concurrently; each gets one response, in completion order.
         An error is an `error_message` in the stream (the stream stays open), unless the client
         sent the header `triton_grpc_error: true`: then, as Triton, the error closes the stream
-        with its gRPC status. On stop() the stream stops reading, answers what it has, and ends."""
+        with its gRPC status. On stop() the stream stops reading, answers what it has, and ends.
+        At most STREAM_INFLIGHT requests are read and not yet answered: then reading waits for
+        answers to be written, which wait for a client that does not read them (Context.write),
+        so a slow reader ends up blocked by flow control, not buffered without end."""
         strict = any(
             k == "triton_grpc_error" and v == "true" for k, v in context.invocation_metadata() or ()
         )
@@ -191,6 +211,7 @@ class InferenceService:
         tasks: set[asyncio.Task[None]] = set()
         pending = 0  # requests read and not yet answered
         tracer = self.server.tracer
+        room = asyncio.Event()  # set when an answer is written
 
         async def one(request: Any, waited: int, got: int) -> None:
             nonlocal pending
@@ -199,8 +220,9 @@ class InferenceService:
                 trace.stamp("GRPC_WAITREAD_START", waited)
                 trace.stamp("GRPC_WAITREAD_END", got)
             try:
-                response = await self._infer(request, trace)
-                item: Any = pb.ModelStreamInferResponse(infer_response=response)
+                item: Any = await self._infer(request, trace, streamed=True)
+                if type(item) is not bytes:
+                    item = pb.ModelStreamInferResponse(infer_response=item)
             except Exception as e:
                 item = (e, request.id)
             finally:
@@ -220,6 +242,9 @@ class InferenceService:
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 waited = now_ns() if tracer.active else 0
+                while pending + out.qsize() >= STREAM_INFLIGHT:
+                    room.clear()
+                    await room.wait()
 
         reader = loop.create_task(read())
         reader.add_done_callback(lambda _: out.put_nowait(_WAKE))
@@ -249,6 +274,7 @@ class InferenceService:
                     trace.stamp("GRPC_SEND_START", start)
                     trace.stamp("GRPC_SEND_END", now_ns())
                     tracer.finish(trace)
+                room.set()
             if not reader.cancelled() and reader.exception() is not None:
                 raise reader.exception()  # type: ignore[misc]  # the request stream itself failed
         finally:

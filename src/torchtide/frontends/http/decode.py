@@ -22,7 +22,7 @@ from torchtide.errors import ServerError, Status
 from torchtide.frontends.http.errors import CLIENT_SHM_DISABLED, bad_request
 from torchtide.shm import SharedMemoryRegistry
 from torchtide.types import Array, InferRequest, InferTensor, RequestedOutput
-from torchtide.wire import check_shape, decode_bytes_elements
+from torchtide.wire import MAX_RANK, check_shape, decode_bytes_elements
 
 LENGTH_PREFIX = struct.Struct("<I")  # BYTES elements on the wire
 
@@ -369,7 +369,7 @@ def _from_json(name: str, dt: dtypes.DType, shape: tuple[int, ...], data: Any) -
     if not isinstance(data, list):
         raise bad_request(f"input '{name}': 'data' must be a list, got {_kind(data)}")
     if dt.wire == "BYTES":
-        flat = _flatten(data)
+        flat = _flatten(name, data)
         if len(flat) != count:
             raise _count_mismatch(name, len(flat), shape, count)
         out = np.empty(count, dtype=np.object_)
@@ -378,6 +378,7 @@ def _from_json(name: str, dt: dtypes.DType, shape: tuple[int, ...], data: Any) -
                 raise bad_request(f"input '{name}': BYTES 'data' must hold strings, got {_kind(v)}")
             out[i] = v.encode("utf-8")
         return out.reshape(shape)
+    _check_depth(name, data)
     try:
         arr = np.array(data)
     except (ValueError, OverflowError) as e:
@@ -394,7 +395,7 @@ def _from_json(name: str, dt: dtypes.DType, shape: tuple[int, ...], data: Any) -
         elif integral:
             if kind not in _INT_KINDS and kind in "fO":
                 # Python ints past int64 (UINT64) make numpy pick float64 or object: retry exactly.
-                flat = _flatten(data)
+                flat = _flatten(name, data)
                 if all(type(v) is int for v in flat):
                     lo, hi = min(flat), max(flat)
                     if lo < 0 and hi > _INT64_MAX:  # neither int64 nor uint64 holds both
@@ -430,7 +431,7 @@ def _out_of_range(name: str, dt: dtypes.DType, lo: int, hi: int) -> ServerError:
     return bad_request(f"input '{name}': value {value} is out of range for {dt.wire}")
 
 
-def _flatten(data: list[Any]) -> list[Any]:
+def _flatten(name: str, data: list[Any]) -> list[Any]:
     if not data or not isinstance(data[0], list):
         return data
     flat: list[Any] = []
@@ -439,11 +440,31 @@ def _flatten(data: list[Any]) -> list[Any]:
         for v in stack[-1]:
             if isinstance(v, list):
                 stack.append(iter(v))
+                if len(stack) > MAX_RANK:
+                    raise _too_deep(name)
                 break
             flat.append(v)
         else:
             stack.pop()
     return flat
+
+
+def _check_depth(name: str, data: list[Any]) -> None:
+    """Numeric 'data' nested deeper than any tensor's rank (numpy would refuse it less clearly);
+    only the first element's chain is followed (ragged data fails in numpy)."""
+    depth = 1
+    while data and isinstance(data[0], list):
+        data = data[0]
+        depth += 1
+        if depth > MAX_RANK:
+            raise _too_deep(name)
+
+
+def _too_deep(name: str) -> ServerError:
+    return bad_request(
+        f"input '{name}': 'data' is nested more than {MAX_RANK} levels deep "
+        "(JSON nesting depth exceeds the limit)"
+    )
 
 
 def _count_mismatch(name: str, got: int, shape: Sequence[int], count: int) -> ServerError:

@@ -337,17 +337,12 @@ class HttpConnection(asyncio.Protocol):
             b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\n"
             % (resp.status, REASONS.get(resp.status, b""), resp.content_type)
         ]
+        if resp.compressible and (accept := req.headers.get("accept-encoding")):
+            resp = compress_reply(resp, accept)
+            body, blobs = resp.body, resp.blobs
         for k, v in resp.headers:
             head.append(b"%s: %s\r\n" % (k, v))
         total = len(body) + sum(len(b) for b in blobs)
-        accept = req.headers.get("accept-encoding") if resp.compressible else None
-        if accept and total >= MIN_COMPRESS:
-            encoding = _pick_encoding(accept)
-            if encoding is not None:
-                body = _compress(encoding, [body, *blobs])
-                blobs = []
-                total = len(body)
-                head.append(b"Content-Encoding: %s\r\n" % encoding)
         head.append(b"Content-Length: %d\r\n" % total)
         if not keep:
             head.append(b"Connection: close\r\n")
@@ -467,6 +462,22 @@ def _pick_encoding(accept: str) -> bytes | None:
         if coding in ("gzip", "deflate", "identity") and q > weight:
             best, weight = coding, q
     return None if best == "identity" else best.encode()
+
+
+def compress_reply(resp: Response, accept: str) -> Response:
+    """`resp` compressed as the client's Accept-Encoding asks, when it is large enough to be worth
+    it; else `resp` itself. Large replies are compressed in a worker thread (routes.py)."""
+    total = len(resp.body) + sum(len(b) for b in resp.blobs)
+    encoding = _pick_encoding(accept) if total >= MIN_COMPRESS else None
+    if encoding is None:
+        return resp
+    return Response(
+        resp.status,
+        _compress(encoding, [resp.body, *resp.blobs]),
+        resp.content_type,
+        headers=[*resp.headers, (b"Content-Encoding", encoding)],
+        close=resp.close,
+    )
 
 
 def _compress(encoding: bytes, parts: list[bytes | memoryview]) -> bytes:

@@ -31,11 +31,11 @@ from torchtide.frontends.http.decode import (
 )
 from torchtide.frontends.http.encode import encode_response
 from torchtide.frontends.http.errors import bad_request, http_status
-from torchtide.frontends.http.protocol import Request, Response
-from torchtide.frontends.limits import OFFLOAD_JSON_BYTES
+from torchtide.frontends.http.protocol import Request, Response, compress_reply
+from torchtide.frontends.limits import OFFLOAD_JSON_BYTES, OFFLOAD_OUTPUT_BYTES
 from torchtide.server import InferenceServer
 from torchtide.tracing import FILE_READONLY, Changes, Trace, now_ns
-from torchtide.types import InferRequest
+from torchtide.types import InferRequest, InferResponse
 
 log = logging.getLogger("torchtide.http")
 
@@ -309,17 +309,29 @@ class Api:
             request, plan = self._decode_infer(req, name, version)
         request.trace = trace
         response = await self.server.infer(request)
+        if sum(t.data.nbytes for t in response.outputs) < OFFLOAD_OUTPUT_BYTES:
+            return self._reply(response, plan)
+        # Large outputs: JSON text (at most 8x the binary size) and compression take long.
+        accept = req.headers.get("accept-encoding")
+        return await asyncio.to_thread(self._reply, response, plan, accept)
+
+    def _reply(
+        self, response: InferResponse, plan: OutputPlan, accept: str | None = None
+    ) -> Response:
+        """The infer reply; compressed here when `accept` is given (else when it is written)."""
         encoded = encode_response(response, plan, self.shm)
         if not encoded.blobs:
-            return Response(200, encoded.header, compressible=True)
-        return Response(
-            200,
-            encoded.header,
-            _OCTET,
-            encoded.blobs,
-            [(b"Inference-Header-Content-Length", b"%d" % len(encoded.header))],
-            compressible=True,
-        )
+            reply = Response(200, encoded.header, compressible=True)
+        else:
+            reply = Response(
+                200,
+                encoded.header,
+                _OCTET,
+                encoded.blobs,
+                [(b"Inference-Header-Content-Length", b"%d" % len(encoded.header))],
+                compressible=True,
+            )
+        return compress_reply(reply, accept) if accept else reply
 
     def _decode_infer(
         self, req: Request, name: str, version: str
