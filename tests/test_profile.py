@@ -18,6 +18,7 @@ import tritonclient.http as httpclient
 from tests.conftest import start_app
 from tests.http_util import request
 from tests.models import write_add_sub, write_model
+from torchtide import profiling
 from torchtide.access import parse_restriction
 from torchtide.app import AppThread
 from torchtide.cli import main
@@ -228,6 +229,24 @@ def test_fewer_executions_than_asked_within_the_timeout(app: AppThread) -> None:
     assert report.note == "only 1 of 3 executions within 2 s"
 
 
+def test_a_profiler_that_fails_never_fails_the_requests(
+    app: AppThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(gpu: bool) -> Any:
+        raise RuntimeError("profiler unavailable")
+
+    monkeypatch.setitem(profiling._STARTERS, "python", broken)
+    port = app.app.port("http")
+    with Traffic(port, "add_sub") as traffic:
+        r = request(port, "POST", "/v2/models/add_sub/profile", {"executions": 2})
+    assert not traffic.errors and traffic.ok >= 2
+    assert (r.status, r.error) == (
+        503,
+        "profile of model 'add_sub' ended with nothing: 2 executions ran, but none could be "
+        "profiled (see the server log)",
+    )
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
@@ -336,3 +355,11 @@ def test_cli_usage(capsys: pytest.CaptureFixture[str]) -> None:
     capsys.readouterr()
     code, _, err = profile_cli(capsys, "m", "-u", "127.0.0.1:1", "--timeout", "1")
     assert code == 1 and "torchtide profile: error: cannot reach 127.0.0.1:1" in err
+
+
+def test_serve_flag() -> None:
+    from torchtide.cli import serve_parser
+
+    assert serve_parser().parse_args([]).allow_profiling is False
+    assert serve_parser().parse_args(["--allow-profiling"]).allow_profiling is True
+    assert serve_parser().parse_args(["--allow-profiling=false"]).allow_profiling is False

@@ -68,7 +68,7 @@ Execute = Callable[[list[Work], Timing], list[Result]]
 
 @dataclass(slots=True)
 class TorchCapture:
-    averages: Any  # torch's EventList of FunctionEventAvg, grouped by input shape
+    events: Any  # torch's EventList of the execution's FunctionEvents
     trace: dict[str, Any]  # the execution's Chrome trace
 
 
@@ -80,24 +80,29 @@ class PythonCapture:
 Capture = TorchCapture | PythonCapture
 
 
-def _torch_execute(
-    execute: Execute, work: list[Work], timing: Timing, gpu: bool
-) -> tuple[list[Result], Capture | None]:
+Stop = Callable[[], Capture]  # stops a started profiler and returns what it recorded
+
+
+def _torch_start(gpu: bool) -> Stop:
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
 
     activities = [ProfilerActivity.CPU]
     if gpu and torch.cuda.is_available():
         activities.append(ProfilerActivity.CUDA)
-    with profile(activities=activities, record_shapes=True) as prof, record_function(EXECUTE_LABEL):
-        results = execute(work, timing)
+    stack = contextlib.ExitStack()
     try:
-        return results, TorchCapture(
-            prof.key_averages(group_by_input_shape=True), _chrome_trace(prof)
-        )
-    except Exception:  # the results stand; this execution is left out of the report
-        log.exception("profiling: could not read torch's profile of one execution")
-        return results, None
+        prof = stack.enter_context(profile(activities=activities, record_shapes=True))
+        stack.enter_context(record_function(EXECUTE_LABEL))
+    except BaseException:
+        stack.close()
+        raise
+
+    def stop() -> Capture:
+        stack.close()
+        return TorchCapture(prof.events(), _chrome_trace(prof))
+
+    return stop
 
 
 def _chrome_trace(prof: Any) -> dict[str, Any]:
@@ -113,21 +118,30 @@ def _chrome_trace(prof: Any) -> dict[str, Any]:
     return doc
 
 
-def _python_execute(
-    execute: Execute, work: list[Work], timing: Timing, gpu: bool
-) -> tuple[list[Result], Capture | None]:
+def _python_start(gpu: bool) -> Stop:
     prof = cProfile.Profile()
     prof.enable()
-    try:
-        results = execute(work, timing)
-    finally:
+
+    def stop() -> Capture:
         prof.disable()
-    prof.create_stats()
-    return results, PythonCapture(prof)
+        prof.create_stats()
+        return PythonCapture(prof)
+
+    return stop
 
 
-_RECORDERS = {"torch": _torch_execute, "python": _python_execute}
+_STARTERS: dict[str, Callable[[bool], Stop]] = {"torch": _torch_start, "python": _python_start}
 PROFILER_NAMES = {"torch": "torch.profiler", "python": "cProfile"}
+
+
+def _stopped(stop: Stop | None, kind: str) -> Capture | None:
+    if stop is None:
+        return None
+    try:
+        return stop()
+    except Exception:
+        log.exception("profiling: could not read %s's profile of one execution", kind)
+        return None
 
 
 # ---------------------------------------------------------------------------- the report
@@ -172,15 +186,17 @@ def torch_report(
     from torch.autograd.profiler_util import EventList
 
     merged: dict[tuple[str, str], Any] = {}
-    for c in captures:
-        for avg in c.averages:
+    for c in captures:  # averaged here, in the report's thread, not on the instance's
+        for avg in c.events.key_averages(group_by_input_shapes=True):
             key = (avg.key, str(avg.input_shapes))
             if key in merged:
                 merged[key].add(avg)
             else:
                 merged[key] = avg
     averages = EventList(list(merged.values()), use_device="cuda" if gpu else None)  # type: ignore[no-untyped-call]
-    table: str = averages.table(sort_by="self_cpu_time_total", row_limit=TABLE_ROWS)  # type: ignore[no-untyped-call]
+    table: str = averages.table(  # type: ignore[no-untyped-call]
+        sort_by="self_cpu_time_total", row_limit=TABLE_ROWS, max_shapes_column_width=60
+    )
     ranked = sorted(merged.values(), key=lambda a: a.self_cpu_time_total, reverse=True)
     top = [_torch_row(a, gpu) for a in ranked[:TABLE_ROWS]]
     return table, top, _merge_traces([c.trace for c in captures])
@@ -261,7 +277,7 @@ class ProfileSession:
     kind: str = ""
     gpu: bool = False
     _claimed: int = 0
-    _finished: int = 0
+    finished: int = 0  # claimed executions that have returned
     _closed: bool = False
     _why_ended: str = ""
     _loop: asyncio.AbstractEventLoop | None = None
@@ -276,18 +292,25 @@ class ProfileSession:
             return None
         self._claimed += 1
         kind = getattr(runner.instance, "profiler", "python")
-        record = _RECORDERS.get(kind, _python_execute)
+        if kind not in _STARTERS:
+            kind = "python"
         gpu = runner.info.kind == "GPU"
         execute = runner.instance.execute
 
         def profiled(work: list[Work], timing: Timing) -> list[Result]:
-            capture: Capture | None = None
+            """On the instance's thread. A profiler that fails to start or to stop leaves this
+            execution out of the report; the requests are served either way."""
+            stop: Stop | None = None
             try:
-                results, capture = record(execute, work, timing, gpu)
+                try:
+                    stop = _STARTERS[kind](gpu)
+                except Exception:
+                    log.exception("profiling: could not start %s", PROFILER_NAMES[kind])
+                return execute(work, timing)
             finally:
+                capture = _stopped(stop, kind)
                 _EXCLUSIVE.release()
                 self._notify(capture, kind, gpu)
-            return results
 
         return profiled
 
@@ -298,11 +321,11 @@ class ProfileSession:
                 loop.call_soon_threadsafe(self._finish_one, capture, kind, gpu)
 
     def _finish_one(self, capture: Capture | None, kind: str, gpu: bool) -> None:
-        self._finished += 1
+        self.finished += 1
         if capture is not None and not self._closed:
             self.captures.append(capture)
             self.kind, self.gpu = kind, self.gpu or gpu
-        if self._finished >= self.wanted:
+        if self.finished >= self.wanted:
             self.end("")
 
     def end(self, why: str) -> None:
@@ -329,6 +352,9 @@ class ProfileSession:
             why = self._why_ended or (
                 f"no execution of model '{self.model}' within {timeout_s:g} s: send it requests "
                 "while profiling, or allow more time"
+                if not self.finished
+                else f"{self.finished} executions ran, but none could be profiled (see the "
+                "server log)"
             )
             raise unavailable(f"profile of model '{self.model}' ended with nothing: {why}")
         return await asyncio.to_thread(self._report, captures, timeout_s)
@@ -336,8 +362,12 @@ class ProfileSession:
     def _report(self, captures: list[Capture], timeout_s: float) -> ProfileReport:
         n = len(captures)
         note = ""
-        if n < self.wanted:
-            note = self._why_ended or f"only {n} of {self.wanted} executions within {timeout_s:g} s"
+        if self._why_ended:
+            note = self._why_ended
+        elif n < self.finished:
+            note = f"{self.finished - n} executions could not be profiled (see the server log)"
+        elif n < self.wanted:
+            note = f"only {n} of {self.wanted} executions within {timeout_s:g} s"
         report = ProfileReport(
             self.model, self.version, PROFILER_NAMES[self.kind], self.wanted, n, "", [], note=note
         )
@@ -398,7 +428,7 @@ class Profiler:
         if s is not None:
             raise ServerError(
                 Status.ALREADY_EXISTS,
-                f"a profile is already running (model '{s.model}', {s._finished} of {s.wanted} "
+                f"a profile is already running (model '{s.model}', {s.finished} of {s.wanted} "
                 "executions); try again when it ends",
             )
 
