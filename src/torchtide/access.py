@@ -33,7 +33,7 @@ RELOAD_CHECK_S = 1.0  # how often the token file's stat is compared, at most
 
 
 class ApiGroup(Enum):
-    """Triton's restricted categories, with their flag names."""
+    """Triton's restricted categories, with their flag names, and ours (`profile`)."""
 
     HEALTH = "health"
     METADATA = "metadata"
@@ -44,6 +44,7 @@ class ApiGroup(Enum):
     STATISTICS = "statistics"
     TRACE = "trace"
     LOGGING = "logging"
+    PROFILE = "profile"  # ours: `torchtide profile` (POST /v2/models/{m}/profile)
 
 
 GROUP_NAMES = [g.value for g in ApiGroup]

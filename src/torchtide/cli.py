@@ -217,6 +217,13 @@ def serve_parser(prog: str = "torchtide serve") -> argparse.ArgumentParser:
     p.add_argument("--http-max-input-size", type=int, default=64 * 2**20, metavar="BYTES")
     _add_limits(p)
     _add_bool(p, "--allow-client-shm", False, "allow clients to register shared memory")
+    _add_bool(
+        p,
+        "--allow-profiling",
+        False,
+        "ours: let clients profile a model's next executions (`torchtide profile`, HTTP "
+        "POST /v2/models/M/profile, API group 'profile')",
+    )
     p.add_argument("--log-verbose", type=int, default=0, metavar="LEVEL")
     _add_bool(p, "--log-info", True, "log info messages")
     _add_bool(p, "--log-warning", True, "log warnings")
@@ -515,6 +522,7 @@ def cmd_serve(argv: list[str], prog: str = "torchtide serve") -> int:
             poll_secs=args.repository_poll_secs,
             server_name=args.server_name,
             trace=trace,
+            allow_profiling=args.allow_profiling,
         ),
         http_port=args.http_port if args.allow_http else None,
         grpc_port=args.grpc_port if args.allow_grpc else None,
@@ -629,12 +637,19 @@ def cmd_optimize(argv: list[str]) -> int:
     return run_optimize(argv)
 
 
+def cmd_profile(argv: list[str]) -> int:
+    from torchtide.profile_command import cmd_profile as run_profile
+
+    return run_profile(argv)
+
+
 COMMANDS = {
     "serve": ("serve model repositories over HTTP and gRPC", cmd_serve),
     "check": ("validate model repositories without serving them", cmd_check),
     "bench": ("load-test a KServe V2 server (HTTP or gRPC), like perf_analyzer", cmd_bench),
     "tune": ("search a model's instances, threads and batching on a live server", cmd_tune),
     "optimize": ("make a model faster: build, gate, time variants; write the winner", cmd_optimize),
+    "profile": ("profile a model's next executions on a running server", cmd_profile),
 }
 
 

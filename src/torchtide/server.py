@@ -21,6 +21,7 @@ from torchtide.cuda_ipc import load_cuda_runtime
 from torchtide.errors import ServerError, Status, invalid_arg, not_found, unavailable
 from torchtide.instances import InstanceRunner, instance_infos
 from torchtide.logsettings import LogSettings
+from torchtide.profiling import Profiler, ProfileReport, profile_parameters
 from torchtide.repository import Prepared, prepare, scan, version_dirs
 from torchtide.repository_remote import RemoteRepositories
 from torchtide.served import ServedVersion
@@ -71,6 +72,7 @@ class ServerOptions:
     remote_repositories: list[str] = field(default_factory=list)  # s3://, gs://, as:// URLs
     model_cache_dir: Path | None = None  # where remote repositories are mirrored (None: default)
     trace: TraceOptions = field(default_factory=TraceOptions)  # --trace-config
+    allow_profiling: bool = False  # ours: `torchtide profile` (POST /v2/models/{m}/profile)
 
 
 @dataclass
@@ -112,6 +114,7 @@ class InferenceServer:
         self.log_settings = LogSettings()
         self.tracer = Tracer(options.trace)
         self.remotes = RemoteRepositories(options.remote_repositories, options.model_cache_dir)
+        self.profiler = Profiler(options.allow_profiling)
 
     def _repository_paths(self) -> list[Path]:
         """The folders to scan: local repositories, then the mirrors of remote ones."""
@@ -173,6 +176,7 @@ class InferenceServer:
         """Stop accepting, drain in-flight work within `timeout`, then unload everything.
         True when all in-flight requests finished."""
         self._stopping = True
+        self.profiler.stop()
         if self._poll_task is not None:
             self._poll_task.cancel()
         timeout = self.options.exit_timeout_s if timeout is None else timeout
@@ -307,6 +311,18 @@ class InferenceServer:
         if changes:
             return self.tracer.update(model, changes)
         return self.tracer.settings(model)
+
+    async def profile_with_parameters(
+        self, name: str, version: str, parameters: Mapping[str, object]
+    ) -> ProfileReport:
+        """Ours: profile the model's next executions ('executions', 'timeout' in seconds) while
+        it keeps serving; see profiling.py. Off unless ServerOptions.allow_profiling."""
+        self.profiler.check()
+        executions, timeout_s = profile_parameters(parameters)
+        sv = self.resolve(name, version)
+        return await self.profiler.run(
+            name, sv.version_str, sv.scheduler.instances, executions, timeout_s
+        )
 
     # ------------------------------------------------------------------ statistics
 

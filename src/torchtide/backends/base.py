@@ -88,6 +88,10 @@ class LoadContext:
 class ModelInstance(ABC):
     """One loaded copy of a model on one device."""
 
+    # What `torchtide profile` runs around execute(): "torch" (torch.profiler: operators) or
+    # "python" (cProfile: Python functions).
+    profiler: str = "python"
+
     @abstractmethod
     def execute(self, work: list[Work], timing: Timing) -> list[Result]: ...
 

@@ -136,6 +136,8 @@ def _complete_from_export(cfg: ModelConfig, ep: Any) -> None:
 
 
 class PyTorchInstance(TensorInstance):
+    profiler = "torch"
+
     def __init__(self, ctx: LoadContext) -> None:
         cfg = ctx.config
         threads = parameter(cfg, "NUM_THREADS") or parameter(cfg, "INTRA_OP_THREAD_COUNT")

@@ -45,6 +45,8 @@ _MODEL = re.compile(
 _SHM = re.compile(
     r"/v2/(systemsharedmemory|cudasharedmemory)(?:/region/([^/]+))?/(status|register|unregister)"
 )
+# Ours: `torchtide profile` (HTTP only; Triton's gRPC service has no such RPC).
+_PROFILE = re.compile(r"/v2/models/([^/]+)(?:/versions/([0-9]+))?/profile")
 _REPO = re.compile(r"/v2/repository(?:/([^/]+))?/(?:(index)|models/([^/]+)/(load|unload))")
 # Routes tritonserver has and torchtide does not serve (404). Their groups still apply, so that
 # a restricted group answers 403 there, as tritonserver does.
@@ -168,6 +170,9 @@ class Api:
         fixed = self._fixed.get(path)
         if fixed is not None:
             return *fixed, ()
+        m = _PROFILE.fullmatch(path)
+        if m is not None:
+            return ApiGroup.PROFILE, {"POST": self.profile}, (unquote(m[1]), m[2] or "")
         m = _SHM.fullmatch(path)
         if m is not None:
             return ApiGroup.SHARED_MEMORY, self._shm_routes[m[1], m[3]], (unquote(m[2] or ""),)
@@ -266,6 +271,16 @@ class Api:
         # a JSON reader of tritonserver's repeated keys sees it); trace_level is an array.
         doc = {k: v if k == "trace_level" else v[-1] for k, v in view.items()}
         return Response(200, orjson.dumps(doc))
+
+    # ------------------------------------------------------------------ profiling (ours)
+
+    async def profile(self, req: Request, name: str, version: str) -> Response:
+        """`{"executions": N, "timeout": S}` -> the report as JSON (profiling.py); waits for
+        the model's next N executions without holding the loop."""
+        self.server.profiler.check()  # disabled or busy: say so before parsing the body
+        doc = await self._json(req, "profile request")
+        report = await self.server.profile_with_parameters(name, version, doc)
+        return Response(200, await asyncio.to_thread(orjson.dumps, report.as_dict()))
 
     # ------------------------------------------------------------------ inference
 
