@@ -6,11 +6,50 @@ are the `serve` flags' defaults (cli.py); README.md's "Limits" table lists them.
 
 from __future__ import annotations
 
+import asyncio
 import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 MiB: Final = 2**20
+SWEEP_S: Final = 1.0  # how often timeouts are checked, at most (a quarter of the shortest)
+
+
+class TimedConnection(Protocol):
+    def check_timeouts(self, now: float) -> None: ...
+
+
+class TimeoutSweeper:
+    """One task per listener that checks every connection's timeouts now and then, so reads
+    and frames pay nothing for them (both front-ends' hubs use it)."""
+
+    def __init__(self) -> None:
+        self._task: asyncio.Task[None] | None = None
+
+    def start(
+        self, timeouts: Iterable[float], connections: Callable[[], Iterable[TimedConnection]]
+    ) -> None:
+        """Start sweeping when any of `timeouts` is on (not 0); `connections` lists the live
+        connections at each sweep."""
+        active = [t for t in timeouts if t]
+        if active and self._task is None:
+            interval = min(SWEEP_S, min(active) / 4)
+            self._task = asyncio.get_running_loop().create_task(self._sweep(interval, connections))
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    @staticmethod
+    async def _sweep(interval: float, connections: Callable[[], Iterable[TimedConnection]]) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            for conn in list(connections()):
+                conn.check_timeouts(now)
 
 # Bodies and messages whose decoding may take milliseconds are decoded off the event loop
 # (asyncio.to_thread); smaller ones are decoded in place, where a thread hop would cost more.

@@ -44,6 +44,7 @@ from torchtide.frontends.limits import (
     SEND_QUEUE_BYTES,
     STREAM_WINDOW,
     GrpcLimits,
+    TimeoutSweeper,
     TooLarge,
     inflate,
 )
@@ -54,7 +55,6 @@ MESSAGE_PREFIX = struct.Struct(">BI")  # compressed flag, length
 PREFIX_SIZE = 5
 _END = object()  # ends a request stream's inbox
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
-SWEEP_S = 1.0  # how often connection timeouts are checked, at most (a quarter of the shortest)
 
 
 class Kind(Enum):
@@ -174,29 +174,16 @@ class Hub:
         self.idle = asyncio.Event()  # no RPC running on any connection
         self.idle.set()
         self.running = 0
-        self._sweeper: asyncio.Task[None] | None = None
+        self._sweeper = TimeoutSweeper()
 
     def start(self) -> None:
         """Start enforcing the handshake and idle timeouts (those that are not 0): one task
         checks every connection now and then, so frames pay nothing for them."""
         lim = self.limits
-        timeouts = [t for t in (lim.handshake_timeout_s, lim.idle_timeout_s) if t]
-        if timeouts and self._sweeper is None:
-            interval = min(SWEEP_S, min(timeouts) / 4)
-            self._sweeper = asyncio.get_running_loop().create_task(self._sweep(interval))
+        self._sweeper.start((lim.handshake_timeout_s, lim.idle_timeout_s), lambda: self.connections)
 
     def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
-
-    async def _sweep(self, interval: float) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(interval)
-            now = loop.time()
-            for conn in list(self.connections):
-                conn.check_timeouts(now)
+        self._sweeper.stop()
 
     def rpc_started(self) -> None:
         self.running += 1

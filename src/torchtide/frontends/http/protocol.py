@@ -27,14 +27,13 @@ import httptools
 import orjson
 
 from torchtide.frontends.http.errors import REASONS
-from torchtide.frontends.limits import HttpLimits
+from torchtide.frontends.limits import HttpLimits, TimeoutSweeper
 
 log = logging.getLogger("torchtide.http")
 MAX_PIPELINED = 32  # queued requests per connection before reading pauses
 MAX_HEAD_BYTES = 64 * 1024  # request line + headers
 MIN_COMPRESS = 1024  # smaller infer replies are sent as they are even when the client accepts gzip
 LINGER_S = 2.0  # after a refusal, read and drop what the client still sends, then close
-SWEEP_S = 1.0  # how often timeouts are checked, at most (a quarter of the shortest, if less)
 
 
 @dataclass(slots=True)
@@ -104,28 +103,16 @@ class Hub:
         self.stopping = False
         self.all_closed = asyncio.Event()
         self.all_closed.set()
-        self._sweeper: asyncio.Task[None] | None = None
+        self._sweeper = TimeoutSweeper()
 
     def start(self) -> None:
         """Start enforcing the timeouts (those that are not 0)."""
         lim = self.limits
-        timeouts = [t for t in (lim.header_timeout_s, lim.body_timeout_s, lim.idle_timeout_s) if t]
-        if timeouts and self._sweeper is None:
-            interval = min(SWEEP_S, min(timeouts) / 4)
-            self._sweeper = asyncio.get_running_loop().create_task(self._sweep(interval))
+        timeouts = (lim.header_timeout_s, lim.body_timeout_s, lim.idle_timeout_s)
+        self._sweeper.start(timeouts, lambda: self.connections)
 
     def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
-
-    async def _sweep(self, interval: float) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(interval)
-            now = loop.time()
-            for conn in list(self.connections):
-                conn.check_timeouts(now)
+        self._sweeper.stop()
 
     def add(self, conn: HttpConnection) -> None:
         self.connections.add(conn)
