@@ -124,7 +124,9 @@ def test_sigint_stops_the_bench_after_the_server_is_gone(server: Served) -> None
     server.proc.wait(30)
     proc.send_signal(signal.SIGINT)
     rc, err, _ = finish(proc)
-    assert rc in (1, 130), err  # whichever it noticed first; never a hang
+    # Whichever it noticed first; never a hang. A SIGINT that lands while the process is already
+    # exiting (it saw the lost server first and its handlers are gone) ends it by the signal.
+    assert rc in (1, 130, -signal.SIGINT), err
 
 
 class _Refusing:
